@@ -1,0 +1,356 @@
+"""Selection, majority vote and the honest controls: one vote function for all (DESIGN decision 5).
+
+Plain data, no Ray, no verl.
+
+Selection
+---------
+`rank` orders ledger rows by mean selection ``score`` descending, ties by candidate ``index`` ascending
+(a NaN score ranks last). `top_k` is its first k.
+
+The vote
+--------
+`vote(answers)` takes the voters' answers in rank order (better-ranked first) and returns the *index of the
+winning voter*, or None when everyone abstains. An answer is a vote key (a string; other values are
+``str()``-ed); None, "" and whitespace-only abstain; keys are compared after ``strip()``. The answer with
+the most votes wins; a tie goes to the answer whose best-ranked voter comes first; the returned index is
+that answer's best-ranked voter. Deterministic, no randomness.
+
+Everything below — the selected top-k vote, the random-k control, the base model's self-consistency —
+calls this one `vote`, so the three differ only in who votes, never in how votes are counted.
+
+Voted correctness
+-----------------
+An answer table is ``table[member][prompt] = (pred, acc)``: ``pred`` is the vote key the reward function
+returned for that response (verl's ``pred``), ``acc`` its correctness (a number, usually 0/1). ``member``
+indexes ``table`` (a list, or a dict keyed by e.g. candidate index); every member has the same prompts in the
+same order. **The voted answer's correctness is the acc of the best-ranked member that gave the winning
+pred** (the voter `vote` returns): all responses with the same pred key are taken to be equally right.
+This lets any verl reward that returns ``pred`` be voted without re-scoring the voted answer, and it is
+exact whenever acc is a function of pred (the usual case: acc = pred matches the ground truth). All
+members abstaining on a prompt counts as wrong (acc 0).
+
+Controls
+--------
+* `maj_at_k`: the selected top-k vote for each k (the first k members of the ranked list).
+* `random_k`: k members drawn uniformly without replacement from an evaluated population, voting in the
+  order drawn (ties to the first drawn), averaged over ``draws`` draws. Reproducible: the draws for k use
+  ``numpy.random.Generator(PCG64(SeedSequence(seed, spawn_key=(k,))))``, so adding another k changes no
+  other k's draws. ``std`` is the population std (ddof=0) of the per-draw accuracies.
+* `self_consistency`: the base model sampled k times per prompt, ``samples[i][prompt] = (pred, acc)``;
+  votes over the first k samples in sample order.
+
+Fallback vote key
+-----------------
+For a custom reward that returns no ``pred``: `fallback_pred(text)` is the last number in the text
+(thousands commas removed, trailing fractional zeros and leading zeros dropped, "21.0" -> "21", "-0" -> "0";
+a leading minus counts only when it is not preceded by a letter, digit or closing bracket, so "5-3" gives
+"3"), else the last non-empty line, stripped and lowercased, else "" (which abstains).
+
+results.json schema (what `results_table` renders)
+---------------------------------------------------
+Accuracies are fractions in [0, 1]. k-keyed dicts have string keys in JSON ("5"); `results_table` accepts
+int or str keys. Every key except ``base`` may be missing (the row renders as "-").
+
+    {
+      "schema_version": 1,
+      "n_candidates": int,                 # candidates scored on the selection set
+      "n_selection": int, "n_test": int,   # prompts
+      "base": {"test_acc": float,          # base model, greedy, on the test set
+               "selection_score": float},  # base model's mean reward on the selection set
+      "experts": [                         # the selected top-K, in rank order
+        {"rank": 1, "index": int, "seed": int, "sigma": float,
+         "selection_score": float, "selection_acc": float, "test_acc": float}, ...],
+      "maj_at_k":      {"<k>": float},     # selected top-k vote on the test set
+      "random_k":      {"<k>": {"mean": float, "std": float, "draws": [float, ...],
+                                "n_population": int, "seed": int}},
+      "base_maj_at_k": {"<k>": float},     # base model self-consistency, k samples
+      "fraction_beating_base_by_sigma": {"<sigma>": {"n": int, "beating": int, "fraction": float}},
+      "cost": {"rollouts": int, "tokens": int, "wall_s": float,
+               "by_phase": {"<phase>": {"rollouts": int, "tokens": int, "wall_s": float}}}  # by_phase optional
+    }
+
+"Best single expert" in the table is the rank-1 expert's test accuracy (chosen on the selection set: an
+honest number); the best test accuracy among the top-K is also shown, labelled as chosen on test (an
+optimistic one). "Beating the base" means a selection score strictly above ``base.selection_score``
+(`fraction_beating_base`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+__all__ = [
+    "rank", "top_k", "vote", "Outcome", "ensemble_outcomes", "ensemble_accuracy", "maj_at_k", "random_k",
+    "self_consistency", "base_maj_at_k", "fallback_pred", "fraction_beating_base", "sigma_key",
+    "results_table",
+]
+
+# ---------------------------------------------------------------------------------------- selection
+
+
+def _rank_key(row: Mapping[str, Any]) -> tuple[float, int]:
+    s = float(row["score"])
+    return (-s if not math.isnan(s) else math.inf, int(row["index"]))
+
+
+def rank(rows: Iterable[Mapping[str, Any]]) -> list:
+    """Rows by mean selection score descending, ties by candidate index ascending; NaN last."""
+    return sorted(rows, key=_rank_key)
+
+
+def top_k(rows: Iterable[Mapping[str, Any]], k: int) -> list:
+    return rank(rows)[:k]
+
+
+# --------------------------------------------------------------------------------------------- vote
+
+
+def _key(answer: Any) -> str | None:
+    if answer is None:
+        return None
+    key = (answer if isinstance(answer, str) else str(answer)).strip()
+    return key or None
+
+
+def vote(answers: Sequence[Any]) -> int | None:
+    """Index of the winning voter among ``answers`` (rank order), or None if all abstain. See module doc."""
+    counts: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for i, a in enumerate(answers):
+        k = _key(a)
+        if k is None:
+            continue
+        if k in counts:
+            counts[k] += 1
+        else:
+            counts[k] = 1
+            first[k] = i
+    if not counts:
+        return None
+    winner = max(counts, key=lambda k: (counts[k], -first[k]))
+    return first[winner]
+
+
+class Outcome(NamedTuple):
+    pred: str | None  # the voted key (None: everyone abstained)
+    acc: float  # the acc of `member`'s response (0.0 when everyone abstained)
+    member: Any  # the best-ranked member that gave the voted key, or None
+
+
+def _columns(table: Any, members: Sequence[Any]) -> list[Sequence[tuple[Any, float]]]:
+    cols = [table[m] for m in members]
+    if cols:
+        n = len(cols[0])
+        bad = [m for m, c in zip(members, cols) if len(c) != n]
+        if bad:
+            raise ValueError(f"answer table: members {bad} do not have {n} prompts like member {members[0]!r}")
+    return cols
+
+
+def ensemble_outcomes(table: Any, members: Sequence[Any]) -> list[Outcome]:
+    """Per-prompt vote of ``members`` (in rank order) over ``table[member][prompt] = (pred, acc)``."""
+    if not members:
+        raise ValueError("ensemble_outcomes: no members")
+    cols = _columns(table, members)
+    out = []
+    for p in range(len(cols[0])):
+        w = vote([c[p][0] for c in cols])
+        if w is None:
+            out.append(Outcome(None, 0.0, None))
+        else:
+            pred, acc = cols[w][p]
+            out.append(Outcome(_key(pred), float(acc), members[w]))
+    return out
+
+
+def ensemble_accuracy(table: Any, members_in_rank_order: Sequence[Any]) -> float:
+    """Mean voted correctness over the prompts (see module doc for the rule)."""
+    outs = ensemble_outcomes(table, members_in_rank_order)
+    return math.fsum(o.acc for o in outs) / len(outs) if outs else 0.0
+
+
+def _check_k(k: int, n: int, what: str) -> None:
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+        raise ValueError(f"{what}: k={k!r} must be an integer in 1..{n} (the number of members available)")
+
+
+def maj_at_k(table: Any, ranked_members: Sequence[Any], ks: Iterable[int]) -> dict[int, float]:
+    """Selected top-k vote accuracy for each k: the first k of ``ranked_members`` vote."""
+    ranked_members = list(ranked_members)
+    out = {}
+    for k in ks:
+        _check_k(k, len(ranked_members), "maj_at_k")
+        out[int(k)] = ensemble_accuracy(table, ranked_members[:k])
+    return out
+
+
+def _k_rng(seed: int, k: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=(int(k),))))
+
+
+def random_k(table: Any, population_members: Sequence[Any], k: int, draws: int, seed: int) -> dict:
+    """Vote of k members drawn at random (no replacement, unranked) from the evaluated population.
+
+    Returns ``{"k", "mean", "std", "draws": [acc per draw], "n_population", "seed"}``.
+    """
+    pop = list(population_members)
+    _check_k(k, len(pop), "random_k")
+    if draws < 1:
+        raise ValueError(f"random_k: draws={draws} must be >= 1")
+    rng = _k_rng(seed, k)
+    accs = []
+    for _ in range(draws):
+        idx = rng.choice(len(pop), size=k, replace=False)  # a random subset in random (drawn) order
+        accs.append(ensemble_accuracy(table, [pop[i] for i in idx]))
+    arr = np.asarray(accs, dtype=np.float64)
+    return {"k": int(k), "mean": float(arr.mean()), "std": float(arr.std()), "draws": accs,
+            "n_population": len(pop), "seed": int(seed)}
+
+
+def self_consistency(samples_table: Sequence[Any], k: int) -> float:
+    """Base-model majority vote over the first k samples (``samples[i][prompt] = (pred, acc)``)."""
+    _check_k(k, len(samples_table), "self_consistency")
+    return ensemble_accuracy(samples_table, list(range(k)))
+
+
+def base_maj_at_k(samples_table: Sequence[Any], ks: Iterable[int]) -> dict[int, float]:
+    return {int(k): self_consistency(samples_table, k) for k in ks}
+
+
+# ------------------------------------------------------------------------------------ fallback pred
+
+# optional sign (only where it cannot be a binary minus), then 1,234,567 or 1234567, optional fraction; or .5
+_NUMBER = re.compile(r"(?:(?<![\w)\]])(-))?((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)")
+
+
+def _normalise_number(sign: str, s: str) -> str:
+    neg = sign == "-"
+    s = s.replace(",", "")
+    whole, _, frac = s.partition(".")
+    whole = whole.lstrip("0") or "0"
+    frac = frac.rstrip("0")
+    out = whole + ("." + frac if frac else "")
+    return "-" + out if neg and out != "0" else out
+
+
+def fallback_pred(text: str | None) -> str:
+    """Vote key for a response whose reward gives no ``pred`` (see module doc)."""
+    if not text:
+        return ""
+    nums = _NUMBER.findall(text)
+    if nums:
+        return _normalise_number(*nums[-1])
+    for line in reversed(text.splitlines()):
+        if line.strip():
+            return line.strip().lower()
+    return ""
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+def sigma_key(sigma: float) -> str:
+    """The string key of a sigma in results.json (``repr`` of the float: "0.001", "0.0005")."""
+    return repr(float(sigma))
+
+
+def fraction_beating_base(rows: Iterable[Mapping[str, Any]], base_score: float) -> dict[str, dict]:
+    """Per sigma: how many candidates' selection score is strictly above the base model's."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        d = out.setdefault(sigma_key(r["sigma"]), {"n": 0, "beating": 0})
+        d["n"] += 1
+        d["beating"] += int(float(r["score"]) > base_score)
+    for d in out.values():
+        d["fraction"] = d["beating"] / d["n"]
+    return dict(sorted(out.items(), key=lambda kv: float(kv[0])))
+
+
+def _pct(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100.0 * float(x):.1f}%"
+
+
+def _by_k(d: Mapping[Any, Any] | None) -> dict[int, Any]:
+    return {int(k): v for k, v in (d or {}).items()}
+
+
+def _md(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+
+
+def _human(n: Any) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit} ({int(n):,})"
+    return f"{int(n):,}"
+
+
+def _duration(s: Any) -> str:
+    if s is None:
+        return "-"
+    s = float(s)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return (f"{int(h)}h{int(m):02d}m{sec:04.1f}s" if h else f"{int(m)}m{sec:04.1f}s" if m else f"{sec:.1f}s")
+
+
+def results_table(results: Mapping[str, Any]) -> str:
+    """The printed results table (markdown, columns aligned) for a results.json dict (see module doc)."""
+    base = results.get("base", {})
+    experts = results.get("experts") or []
+    parts = []
+
+    head = [["base model (greedy)", _pct(base.get("test_acc"))]]
+    if experts:
+        e = experts[0]
+        head.append([f"best single expert (rank 1 on selection: #{e.get('index')}, sigma {e.get('sigma')})",
+                     _pct(e.get("test_acc"))])
+        tested = [x for x in experts if x.get("test_acc") is not None]
+        if tested:
+            b = max(tested, key=lambda x: (x["test_acc"], -x.get("rank", 0)))
+            head.append([f"best of top-{len(experts)} on test (chosen on test: optimistic; #{b.get('index')})",
+                         _pct(b["test_acc"])])
+    else:
+        head.append(["best single expert", "-"])
+    for key, label in (("n_candidates", "candidates searched (N)"), ("n_selection", "selection prompts"),
+                       ("n_test", "test prompts")):
+        if key in results:
+            head.append([label, str(results[key])])
+    parts.append(_md(["metric", "value"], head))
+
+    maj, rnd, bmaj = _by_k(results.get("maj_at_k")), _by_k(results.get("random_k")), _by_k(results.get("base_maj_at_k"))
+    ks = sorted(set(maj) | set(rnd) | set(bmaj))
+    if ks:
+        rows = []
+        for k in ks:
+            r = rnd.get(k)
+            rtxt = "-" if r is None else f"{_pct(r.get('mean'))} ± {_pct(r.get('std'))} ({len(r.get('draws') or [])} draws)"
+            rows.append([str(k), _pct(maj.get(k)), rtxt, _pct(bmaj.get(k))])
+        parts.append(_md(["k", "selected top-k vote", "random-k vote (mean ± std)", "base maj@k"], rows))
+        pops = sorted({r.get("n_population") for r in rnd.values() if r.get("n_population") is not None})
+        if pops:
+            parts.append(f"random-k control drew from {', '.join(map(str, pops))} evaluated candidates")
+
+    fb = results.get("fraction_beating_base_by_sigma") or {}
+    if fb:
+        rows = [[str(s), str(d.get("n", "-")), str(d.get("beating", "-")), _pct(d.get("fraction"))]
+                for s, d in sorted(fb.items(), key=lambda kv: float(kv[0]))]
+        parts.append(_md(["sigma", "candidates", "beating base (selection)", "fraction"], rows))
+
+    cost = results.get("cost") or {}
+    crow = [["total", _human(cost.get("rollouts")), _human(cost.get("tokens")), _duration(cost.get("wall_s"))]]
+    for phase, c in (cost.get("by_phase") or {}).items():
+        crow.append([str(phase), _human(c.get("rollouts")), _human(c.get("tokens")), _duration(c.get("wall_s"))])
+    parts.append(_md(["cost", "rollouts", "generated tokens", "wall time"], crow))
+    return "\n\n".join(parts) + "\n"
