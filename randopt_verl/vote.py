@@ -329,7 +329,8 @@ def results_table(results: Mapping[str, Any]) -> str:
             head.append([label, str(results[key])])
     parts.append(_md(["metric", "value"], head))
 
-    maj, rnd, bmaj = _by_k(results.get("maj_at_k")), _by_k(results.get("random_k")), _by_k(results.get("base_maj_at_k"))
+    maj, rnd = _by_k(results.get("maj_at_k")), _by_k(results.get("random_k"))
+    bmaj = _by_k(results.get("base_maj_at_k"))
     ks = sorted(set(maj) | set(rnd) | set(bmaj))
     if ks:
         rows = []
