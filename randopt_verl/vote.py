@@ -336,7 +336,8 @@ def results_table(results: Mapping[str, Any]) -> str:
         rows = []
         for k in ks:
             r = rnd.get(k)
-            rtxt = "-" if r is None else f"{_pct(r.get('mean'))} ± {_pct(r.get('std'))} ({len(r.get('draws') or [])} draws)"
+            rtxt = "-" if r is None else (
+                f"{_pct(r.get('mean'))} ± {_pct(r.get('std'))} ({len(r.get('draws') or [])} draws)")
             rows.append([str(k), _pct(maj.get(k)), rtxt, _pct(bmaj.get(k))])
         parts.append(_md(["k", "selected top-k vote", "random-k vote (mean ± std)", "base maj@k"], rows))
         pops = sorted({r.get("n_population") for r in rnd.values() if r.get("n_population") is not None})
