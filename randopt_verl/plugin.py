@@ -1,0 +1,49 @@
+"""verl plugin entry point (`verl.plugins` group in pyproject.toml): verl imports it in every process it starts.
+
+It registers the `hf` rollout backend, the `cpu` platform with its patches (only where no accelerator is found),
+and the `randopt` and `es` trainers. verl 0.9.1 swallows plugin import errors at DEBUG level
+(verl/__init__.py), which would leave a CPU run failing later with an unrelated CUDA error, so any failure here is
+logged at ERROR with the fix before being re-raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+logger = logging.getLogger("randopt_verl")
+
+_loaded = False
+
+
+def register() -> None:
+    global _loaded
+    if _loaded:
+        return
+    import torch
+
+    from randopt_verl.cpu import patches
+    from randopt_verl.cpu import platform as _cpu_platform  # noqa: F401  registers PlatformRegistry["cpu"]
+
+    on_cpu = not torch.cuda.is_available() and os.environ.get("VERL_PLATFORM", "cpu").lower() == "cpu"
+    patches.apply(on_cpu=on_cpu)
+    from randopt_verl.trainers import register_all
+
+    register_all()
+    _loaded = True
+
+
+if os.environ.get("RANDOPT_VERL_PLUGIN", "1") != "0":
+    try:
+        register()
+    except Exception as exc:  # pragma: no cover - exercised by tests/test_plugin.py through a subprocess
+        msg = (
+            f"randopt_verl: the verl plugin failed to load ({type(exc).__name__}: {exc}). verl hides this at DEBUG "
+            "level, and CPU runs then fail later with CUDA errors. Check that verl==0.9.1 is installed in this "
+            "environment (pip install -e . from the randopt_verl checkout), or set RANDOPT_VERL_PLUGIN=0 to run "
+            "verl without it."
+        )
+        logger.error(msg, exc_info=True)
+        print(msg, file=sys.stderr, flush=True)
+        raise
