@@ -21,7 +21,13 @@ def register() -> None:
     global _loaded
     if _loaded:
         return
+    import warnings
+
     import torch
+
+    # verl's engine package warns once per process about every optional engine it cannot import (megatron,
+    # torchtitan, ...); none of them is used here, and the noise buries real warnings in every Ray worker.
+    warnings.filterwarnings("ignore", message=r".* engine is not available", category=UserWarning)
 
     from randopt_verl.cpu import patches
     from randopt_verl.cpu import platform as _cpu_platform  # noqa: F401  registers PlatformRegistry["cpu"]
