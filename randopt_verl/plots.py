@@ -1,0 +1,78 @@
+"""The two pictures of a RandOpt run, drawn from its run directory alone (so any finished run can be redrawn):
+
+- `density.png`: per sigma, the histogram of candidate selection scores with the base marked (the thicket density:
+  how much of the neighbourhood beats the base);
+- `maj_at_k.png`: test accuracy against k for the selected top-k vote, the random-k control (mean +- std) and the
+  base model's self-consistency maj@k, with the base and the best single expert as lines.
+
+    randopt-verl density RUN_DIR        # any CPU
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from randopt_verl.rundir import Ledger, read_json
+
+
+def draw(run_dir: str | Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    rows = Ledger(run_dir / "ledger.jsonl").read().by_index
+    base = rows.get(-1)
+    cands = [r for i, r in rows.items() if i >= 0]
+    if not cands:
+        raise ValueError(f"{run_dir}/ledger.jsonl has no scored candidates yet")
+    written = []
+
+    sigmas = sorted({r["sigma"] for r in cands})
+    fig, axes = plt.subplots(len(sigmas), 1, figsize=(6, 2.4 * len(sigmas)), squeeze=False)
+    for ax, s in zip(axes[:, 0], sigmas):
+        scores = [r["score"] for r in cands if r["sigma"] == s]
+        ax.hist(scores, bins=min(30, max(5, len(scores) // 2)), color="tab:green", alpha=0.8)
+        if base is not None:
+            above = sum(x > base["score"] for x in scores) / len(scores)
+            ax.axvline(base["score"], color="black", linestyle="--", label=f"base ({above:.0%} of candidates above)")
+            ax.legend(fontsize=8)
+        ax.set_title(f"sigma = {s:g}: {len(scores)} candidates", fontsize=9)
+        ax.set_xlabel("selection score")
+        ax.set_ylabel("candidates")
+    fig.tight_layout()
+    out = run_dir / "density.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    written.append(out)
+
+    results_path = run_dir / "results.json"
+    if results_path.exists():
+        res = read_json(results_path)
+        ks = sorted(int(k) for k in res.get("maj_at_k", {}))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(ks, [res["maj_at_k"][str(k)] for k in ks], "o-", label="selected top-k vote")
+        rk = res.get("random_k", {})
+        rks = [k for k in ks if str(k) in rk]
+        if rks:
+            means = [rk[str(k)]["mean"] for k in rks]
+            stds = [rk[str(k)]["std"] for k in rks]
+            ax.errorbar(rks, means, yerr=stds, fmt="s--", capsize=3, label="random-k vote (no selection)")
+        bm = res.get("base_maj_at_k", {})
+        bks = [k for k in ks if str(k) in bm]
+        if bks:
+            ax.plot(bks, [bm[str(k)] for k in bks], "^:", label="base self-consistency maj@k")
+        ax.axhline(res["base"]["test_acc"], color="black", linestyle="--", label="base (greedy)")
+        if res.get("experts"):
+            ax.axhline(res["experts"][0]["test_acc"], color="tab:red", linestyle="-.", label="best single expert")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k (experts / samples voting)")
+        ax.set_ylabel("test accuracy")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out = run_dir / "maj_at_k.png"
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        written.append(out)
+    return written

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny model built offline, and verl-format toy data. Everything runs on CPU, no network."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    from randopt_verl.tiny_model import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny_model")))
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> dict[str, str]:
+    """Two-number addition, verl rows, scored by reward_fns/gsm8k.py's flexible (last number) mode."""
+    import pandas as pd
+
+    out = tmp_path_factory.mktemp("toy_data")
+    rows = []
+    for i in range(48):
+        a, b = (i * 7) % 20, (i * 11) % 17
+        rows.append({
+            "data_source": "toy_addition",
+            "prompt": [{"role": "user", "content": f"What is {a} + {b}?"}],
+            "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": str(a + b)},
+            "extra_info": {"split": "train" if i < 32 else "test", "index": i},
+        })
+    pd.DataFrame(rows[:32]).to_parquet(out / "train.parquet")
+    pd.DataFrame(rows[32:]).to_parquet(out / "test.parquet")
+    return {"train": str(out / "train.parquet"), "test": str(out / "test.parquet")}
