@@ -164,9 +164,6 @@ def _fill_pairs_nb(out, first_pair, npairs, k0, k1):
         out[2 * p + 1] = z1
 
 
-_BLOCK = 32768  # elements per parallel task: 128 KiB of fp32, L2-resident, many tasks per thread
-
-
 @njit(cache=True, error_model="numpy")
 def _noise_serial_nb(out, offset, k0, k1):
     """Fill ``out`` with stream elements [offset, offset + len(out)); odd ends take half a pair."""
@@ -187,44 +184,71 @@ def _noise_serial_nb(out, offset, k0, k1):
         _fill_pairs_nb(out[start - offset : end - offset], start >> 1, (end - start) >> 1, k0, k1)
 
 
+@njit(cache=True, error_model="numpy")
+def _perturbed_f32_serial_nb(src, dst, offset, k0, k1, sigma):
+    """dst = src + noise * sigma in fp32: the same two IEEE ops, in the same order, as ``perturbed``'s torch ops."""
+    buf = np.empty(src.shape[0], np.float32)
+    _noise_serial_nb(buf, offset, k0, k1)
+    for i in range(src.shape[0]):
+        dst[i] = src[i] + buf[i] * sigma
+
+
+@njit(cache=True, error_model="numpy")
+def _perturbed_bf16_serial_nb(src, dst, offset, k0, k1, sigma):
+    """As ``_perturbed_f32_serial_nb`` on bf16 bit patterns (uint16): widen exactly, add in fp32, round to
+    nearest even like torch's fp32 -> bf16 cast (NaN -> 0x7FC0)."""
+    buf = np.empty(src.shape[0], np.float32)
+    _noise_serial_nb(buf, offset, k0, k1)
+    for i in range(src.shape[0]):
+        x = np.uint32(np.uint32(src[i]) << np.uint32(16)).view(np.float32)
+        y = x + buf[i] * sigma
+        yb = np.int64(np.float32(y).view(np.uint32))
+        rounded = np.uint16((yb + 0x7FFF + ((yb >> 16) & 1)) >> 16)
+        dst[i] = np.uint16(0x7FC0) if y != y else rounded
+
+
+# The parallel kernels split the range into blocks of 128 KiB of fp32 (L2-resident) and run the serial
+# kernel on each. Below _PARALLEL_MIN elements the serial kernel is called directly: waking the thread
+# pool costs from tens of microseconds to milliseconds on a busy machine, and a model has hundreds of
+# small tensors (norms, biases).
+_BLOCK = 32768
+_PARALLEL_MIN = 1 << 18
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
-def _noise_nb(out, offset, k0, k1):
+def _noise_par_nb(out, offset, k0, k1):
     n = out.shape[0]
     for b in prange((n + _BLOCK - 1) // _BLOCK):
-        lo = b * _BLOCK
-        hi = min(lo + _BLOCK, n)
+        lo, hi = b * _BLOCK, min((b + 1) * _BLOCK, n)
         _noise_serial_nb(out[lo:hi], offset + lo, k0, k1)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _perturbed_f32_nb(src, dst, offset, k0, k1, sigma):
-    """dst = src + noise * sigma, fp32; the same two IEEE ops, in the same order, as ``perturbed``'s torch ops."""
+def _perturbed_f32_par_nb(src, dst, offset, k0, k1, sigma):
     n = src.shape[0]
     for b in prange((n + _BLOCK - 1) // _BLOCK):
-        lo = b * _BLOCK
-        hi = min(lo + _BLOCK, n)
-        buf = np.empty(hi - lo, np.float32)
-        _noise_serial_nb(buf, offset + lo, k0, k1)
-        for i in range(hi - lo):
-            dst[lo + i] = src[lo + i] + buf[i] * sigma
+        lo, hi = b * _BLOCK, min((b + 1) * _BLOCK, n)
+        _perturbed_f32_serial_nb(src[lo:hi], dst[lo:hi], offset + lo, k0, k1, sigma)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _perturbed_bf16_nb(src, dst, offset, k0, k1, sigma):
-    """As ``_perturbed_f32_nb`` on bf16 bit patterns (uint16): widen exactly, add in fp32, round to nearest
-    even like torch's fp32 -> bf16 cast (NaN -> 0x7FC0)."""
+def _perturbed_bf16_par_nb(src, dst, offset, k0, k1, sigma):
     n = src.shape[0]
     for b in prange((n + _BLOCK - 1) // _BLOCK):
-        lo = b * _BLOCK
-        hi = min(lo + _BLOCK, n)
-        buf = np.empty(hi - lo, np.float32)
-        _noise_serial_nb(buf, offset + lo, k0, k1)
-        for i in range(hi - lo):
-            x = np.uint32(np.uint32(src[lo + i]) << np.uint32(16)).view(np.float32)
-            y = x + buf[i] * sigma
-            yb = np.int64(np.float32(y).view(np.uint32))
-            rounded = np.uint16((yb + 0x7FFF + ((yb >> 16) & 1)) >> 16)
-            dst[lo + i] = np.uint16(0x7FC0) if y != y else rounded
+        lo, hi = b * _BLOCK, min((b + 1) * _BLOCK, n)
+        _perturbed_bf16_serial_nb(src[lo:hi], dst[lo:hi], offset + lo, k0, k1, sigma)
+
+
+def _noise_nb(out: np.ndarray, offset: int, k0: int, k1: int) -> None:
+    (_noise_par_nb if out.shape[0] >= _PARALLEL_MIN else _noise_serial_nb)(out, offset, k0, k1)
+
+
+def _perturbed_nb(src: np.ndarray, dst: np.ndarray, offset: int, k0: int, k1: int, sigma: np.float32) -> None:
+    if src.dtype == np.float32:
+        kernel = _perturbed_f32_par_nb if src.shape[0] >= _PARALLEL_MIN else _perturbed_f32_serial_nb
+    else:
+        kernel = _perturbed_bf16_par_nb if src.shape[0] >= _PARALLEL_MIN else _perturbed_bf16_serial_nb
+    kernel(src, dst, offset, k0, k1, sigma)
 
 
 @njit(cache=True, error_model="numpy")
@@ -367,10 +391,11 @@ def perturbed(tensor: torch.Tensor, seed: int, name: str, sigma: float, *, offse
         k0, k1 = philox_key(seed, name)
         out = torch.empty_like(flat, memory_format=torch.contiguous_format)
         if flat.dtype == torch.float32:
-            _perturbed_f32_nb(flat.contiguous().numpy(), out.numpy(), offset, k0, k1, np.float32(sigma))
-        else:
+            src, dst = flat.contiguous().numpy(), out.numpy()
+        else:  # bf16 has no numpy dtype: hand numba the bit patterns
             src = flat.contiguous().view(torch.int16).numpy().view(np.uint16)
-            _perturbed_bf16_nb(src, out.view(torch.int16).numpy().view(np.uint16), offset, k0, k1, np.float32(sigma))
+            dst = out.view(torch.int16).numpy().view(np.uint16)
+        _perturbed_nb(src, dst, offset, k0, k1, np.float32(sigma))
         return out.reshape(tensor.shape)
     eps = noise(seed, name, flat.numel(), offset=offset, device=flat.device)
     eps.mul_(sigma)  # fp32 * fp32(sigma)

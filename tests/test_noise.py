@@ -116,6 +116,21 @@ def test_numba_and_torch_paths_agree_bitwise(monkeypatch):
     assert torch.equal(noise(3, "x", 10_001, offset=1, backend="numba"), noise(3, "x", 10_001, offset=1, backend="torch"))
 
 
+def test_parallel_and_serial_kernels_agree():
+    # big tensors run block-parallel (blocks start at odd stream offsets here), small ones serially
+    n, offset = N._PARALLEL_MIN + 12_345, 3
+    k0, k1 = philox_key(8, "big")
+    par, ser = np.empty(n, np.float32), np.empty(n, np.float32)
+    N._noise_par_nb(par, offset, k0, k1)
+    N._noise_serial_nb(ser, offset, k0, k1)
+    assert np.array_equal(par, ser)
+    assert np.array_equal(noise(8, "big", n, offset=offset).numpy(), ser)
+    for dtype in (torch.float32, torch.bfloat16):
+        w = torch.randn(n).to(dtype)
+        expected = (w.float() + 1e-3 * torch.from_numpy(ser)).to(dtype)
+        assert torch.equal(perturbed(w, 8, "big", 1e-3, offset=offset), expected)
+
+
 @njit(cache=True, error_model="numpy")
 def _box_muller_words_nb(u0, u1):
     z0 = np.empty(u0.shape[0], np.float32)
