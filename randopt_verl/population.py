@@ -1,0 +1,181 @@
+"""Candidates, which parameters they perturb, and applying them to named tensors or a module.
+
+A candidate is (seed, sigma) and nothing else: its weights are the base weights plus
+``sigma * noise(seed, name, ...)`` for every selected parameter (randopt_verl.noise). Everything here
+takes plain data so that the trainers, the weight-sync wrapper and the CPU rollout server share it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .noise import perturbed
+
+_SEED_BOUND = 2**31
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the search: ``index`` in the population, noise ``seed`` and scale ``sigma``."""
+
+    index: int
+    seed: int
+    sigma: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Candidate:
+        return cls(index=int(d["index"]), seed=int(d["seed"]), sigma=float(d["sigma"]))
+
+
+def sample_population(global_seed: int, n: int, sigmas: Sequence[float]) -> list[Candidate]:
+    """``n`` candidates drawn from ``numpy.random.Generator(PCG64(global_seed))``.
+
+    Per candidate, in order: a seed uniform in [0, 2**31), redrawn until unseen (seeds are distinct),
+    then a sigma uniform over ``sigmas``. Drawing one candidate at a time makes the population
+    prefix-stable: the first n of a population of n + m are the population of n, so growing N on
+    resume keeps (and does not re-evaluate) the candidates already scored.
+    """
+    if n < 0:
+        raise ValueError(f"population size must be >= 0, got {n}")
+    if not sigmas:
+        raise ValueError("sigmas must not be empty")
+    rng = np.random.Generator(np.random.PCG64(global_seed))
+    seen: set[int] = set()
+    out = []
+    for index in range(n):
+        seed = int(rng.integers(0, _SEED_BOUND))
+        while seed in seen:
+            seed = int(rng.integers(0, _SEED_BOUND))
+        seen.add(seed)
+        sigma = float(sigmas[int(rng.integers(0, len(sigmas)))])
+        out.append(Candidate(index=index, seed=seed, sigma=sigma))
+    return out
+
+
+class ParamFilter:
+    """Which parameters a candidate perturbs: regexes matched with ``re.search`` on HF names.
+
+    ``include=None`` selects every floating tensor (the paper perturbs all of them, embeddings, norms
+    and biases included); an empty list selects none. ``exclude`` wins over ``include``. Integer and
+    bool tensors are never selected.
+    """
+
+    def __init__(self, include: list[str] | None = None, exclude: list[str] | None = None):
+        self.include = None if include is None else list(include)
+        self.exclude = list(exclude or [])
+        self._include = None if include is None else [re.compile(p) for p in include]
+        self._exclude = [re.compile(p) for p in self.exclude]
+
+    def selects(self, name: str, tensor: torch.Tensor) -> bool:
+        if not tensor.is_floating_point():
+            return False
+        if self._include is not None and not any(p.search(name) for p in self._include):
+            return False
+        return not any(p.search(name) for p in self._exclude)
+
+    def __repr__(self) -> str:
+        return f"ParamFilter(include={self.include!r}, exclude={self.exclude!r})"
+
+
+def _storage_key(t: torch.Tensor):
+    if t.device.type == "meta" or t.untyped_storage().data_ptr() == 0:
+        return ("id", id(t))
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def tied_aliases(model_or_named: torch.nn.Module | Iterable[tuple[str, torch.Tensor]]) -> dict[str, str]:
+    """``{alias: canonical}`` for tensors that share storage (tied weights, e.g. ``lm_head.weight`` ->
+    ``model.embed_tokens.weight``).
+
+    Given a module, its parameters are walked with duplicates kept; the canonical name is the first
+    one, i.e. the one ``named_parameters()`` (which deduplicates) yields. Given ``(name, tensor)``
+    pairs (a state dict), the first name seen is canonical. Noise and filtering for an alias use the
+    canonical name, so a tied tensor is perturbed once and both names carry the same value.
+    """
+    if isinstance(model_or_named, torch.nn.Module):
+        named = model_or_named.named_parameters(remove_duplicate=False)
+    else:
+        named = model_or_named
+    first: dict[Any, str] = {}
+    aliases: dict[str, str] = {}
+    by_object = isinstance(model_or_named, torch.nn.Module)
+    for name, tensor in named:
+        # a module's tied parameters are one Parameter object (also under FSDP2, whose DTensors have no
+        # accessible storage); a state dict's tied entries are distinct tensors over one storage
+        key = ("id", id(tensor)) if by_object else _storage_key(tensor)
+        if key in first:
+            if first[key] != name:
+                aliases[name] = first[key]
+        else:
+            first[key] = name
+    return aliases
+
+
+def perturb_named_tensors(
+    named_tensors: Iterable[tuple[str, torch.Tensor]],
+    candidate: Candidate | None,
+    param_filter: ParamFilter,
+    aliases: Mapping[str, str] | None = None,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` with selected tensors replaced by new perturbed tensors.
+
+    This wraps a weight stream on its way into a rollout engine (verl's ``get_per_tensor_param()``
+    at weight sync): full tensors under HF names. The incoming tensors are never modified, so base
+    weights stay pristine; ``candidate=None`` passes everything through unchanged. An alias of a tied
+    weight is filtered and perturbed under its canonical name, so it carries the same value.
+    """
+    aliases = aliases or {}
+    for name, tensor in named_tensors:
+        if candidate is None:
+            yield name, tensor
+            continue
+        canonical = aliases.get(name, name)
+        if param_filter.selects(canonical, tensor):
+            yield name, perturbed(tensor, candidate.seed, canonical, candidate.sigma)
+        else:
+            yield name, tensor
+
+
+def snapshot_parameters(module: torch.nn.Module, param_filter: ParamFilter | None = None) -> dict[str, torch.Tensor]:
+    """Detached copies of the module's (deduplicated) parameters, or only the selected ones: the
+    pristine weights that ``perturb_module_`` rebuilds from."""
+    return {
+        name: p.detach().clone()
+        for name, p in module.named_parameters()
+        if param_filter is None or param_filter.selects(name, p)
+    }
+
+
+def perturb_module_(
+    module: torch.nn.Module,
+    candidate: Candidate | None,
+    param_filter: ParamFilter,
+    pristine: Mapping[str, torch.Tensor],
+) -> None:
+    """Set the module's weights to ``candidate``'s in place: every parameter with a pristine copy becomes
+    ``pristine + sigma * noise`` if selected, else ``pristine``; ``candidate=None`` restores all of them.
+
+    Always copying from the pristine copy, never subtracting regenerated noise, makes restore exact
+    (subtraction drifts in bf16 and even in fp32 over thousands of candidates), and makes the module's
+    state a function of the candidate alone, whatever was loaded before. ``named_parameters()``
+    deduplicates, so a tied weight is set once, under its canonical name. A selected parameter without a
+    pristine copy is an error: it could not be restored.
+    """
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            selected = candidate is not None and param_filter.selects(name, param)
+            if name not in pristine:
+                if selected:
+                    raise KeyError(f"no pristine copy of selected parameter {name!r}")
+                continue
+            base = pristine[name]
+            param.copy_(perturbed(base, candidate.seed, name, candidate.sigma) if selected else base)

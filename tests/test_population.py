@@ -1,0 +1,157 @@
+"""Candidates, populations, parameter filters, tied weights, and the two ways of applying a candidate
+(perturbing a weight stream; perturbing a module from its pristine copy), which must agree."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from randopt_verl.noise import perturbed
+from randopt_verl.population import (
+    Candidate,
+    ParamFilter,
+    perturb_module_,
+    perturb_named_tensors,
+    sample_population,
+    snapshot_parameters,
+    tied_aliases,
+)
+
+SIGMAS = [5e-4, 1e-3, 2e-3]
+
+
+class TinyLM(torch.nn.Module):
+    """Embedding tied to the output head, like Qwen2.5-0.5B's ``lm_head.weight``."""
+
+    def __init__(self, dtype=torch.bfloat16):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.embed_tokens = torch.nn.Embedding(50, 8)
+        self.proj = torch.nn.Linear(8, 8)
+        self.norm = torch.nn.LayerNorm(8)
+        self.lm_head = torch.nn.Linear(8, 50, bias=False)
+        self.lm_head.weight = self.embed_tokens.weight
+        self.register_buffer("position_ids", torch.arange(8))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        self.to(dtype)
+
+
+def test_candidate_round_trip_and_frozen():
+    c = Candidate(index=3, seed=123, sigma=1e-3)
+    assert Candidate.from_dict(c.to_dict()) == c
+    assert c.to_dict() == {"index": 3, "seed": 123, "sigma": 1e-3}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.seed = 4
+
+
+def test_population_deterministic_distinct_and_in_range():
+    pop = sample_population(0, 500, SIGMAS)
+    assert pop == sample_population(0, 500, SIGMAS)
+    assert [c.index for c in pop] == list(range(500))
+    assert len({c.seed for c in pop}) == 500
+    assert all(0 <= c.seed < 2**31 for c in pop)
+    assert {c.sigma for c in pop} == set(SIGMAS)  # each sigma drawn (500 draws over 3 values)
+    assert sample_population(1, 500, SIGMAS) != pop
+    assert sample_population(0, 0, SIGMAS) == []
+
+
+def test_population_is_prefix_stable():
+    small, big = sample_population(17, 40, SIGMAS), sample_population(17, 100, SIGMAS)
+    assert big[:40] == small
+
+
+def test_population_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        sample_population(0, 3, [])
+    with pytest.raises(ValueError):
+        sample_population(0, -1, SIGMAS)
+
+
+def test_param_filter():
+    w, ids = torch.zeros(2, dtype=torch.bfloat16), torch.zeros(2, dtype=torch.int64)
+    everything = ParamFilter(None, None)
+    assert everything.selects("model.layers.0.mlp.up_proj.weight", w)
+    assert not everything.selects("model.layers.0.mlp.up_proj.weight", ids)  # floating tensors only
+    f = ParamFilter(include=[r"\.mlp\.", r"norm"], exclude=[r"layers\.1\."])
+    assert f.selects("model.layers.0.mlp.up_proj.weight", w)
+    assert f.selects("model.norm.weight", w)
+    assert not f.selects("model.layers.1.mlp.up_proj.weight", w)  # exclude wins
+    assert not f.selects("model.layers.0.self_attn.q_proj.weight", w)
+    assert not ParamFilter(include=[]).selects("anything", w)
+    assert not ParamFilter(exclude=["vision"]).selects("visual.vision_tower.x", w)
+
+
+def test_tied_aliases_from_module_and_state_dict():
+    m = TinyLM()
+    assert tied_aliases(m) == {"lm_head.weight": "embed_tokens.weight"}
+    assert [n for n, _ in m.named_parameters()].count("lm_head.weight") == 0  # canonical is the survivor
+    assert tied_aliases(m.state_dict().items()) == {"lm_head.weight": "embed_tokens.weight"}
+    untied = {"a": torch.zeros(3), "b": torch.zeros(3)}  # equal values, separate storage
+    assert tied_aliases(untied.items()) == {}
+
+
+def test_stream_pass_through_and_inputs_untouched():
+    m = TinyLM()
+    sd = m.state_dict()
+    named = list(sd.items())
+    assert all(a is b for (_, a), (_, b) in zip(perturb_named_tensors(named, None, ParamFilter()), named))
+    before = {k: v.clone() for k, v in sd.items()}
+    cand = Candidate(0, 99, 1e-2)
+    out = dict(perturb_named_tensors(named, cand, ParamFilter(exclude=["norm"]), tied_aliases(named)))
+    assert all(torch.equal(sd[k], before[k]) for k in sd)
+    assert list(out) == list(sd)
+    assert out["position_ids"] is sd["position_ids"]  # integer buffer: not selected
+    assert out["norm.weight"] is sd["norm.weight"]  # excluded
+    assert torch.equal(out["proj.weight"], perturbed(sd["proj.weight"], 99, "proj.weight", 1e-2))
+    # the tied pair carries one perturbation, made under the canonical name
+    assert torch.equal(out["lm_head.weight"], out["embed_tokens.weight"])
+    assert torch.equal(out["embed_tokens.weight"], perturbed(sd["embed_tokens.weight"], 99, "embed_tokens.weight", 1e-2))
+
+
+def test_alias_follows_canonical_filter_decision():
+    m = TinyLM()
+    named = list(m.state_dict().items())
+    out = dict(perturb_named_tensors(named, Candidate(0, 5, 1e-2), ParamFilter(exclude=["lm_head"]), tied_aliases(named)))
+    assert torch.equal(out["lm_head.weight"], out["embed_tokens.weight"])
+    assert not torch.equal(out["embed_tokens.weight"], m.embed_tokens.weight)
+
+
+def test_module_perturb_and_exact_restore():
+    m = TinyLM()
+    pf = ParamFilter()
+    pristine = snapshot_parameters(m, pf)
+    assert "lm_head.weight" not in pristine  # deduplicated: the tied weight is held once
+    for seed in range(20):  # many cycles: restore is a copy, so nothing drifts
+        perturb_module_(m, Candidate(seed, 1000 + seed, 2e-3), pf, pristine)
+    perturb_module_(m, None, pf, pristine)
+    for name, p in m.named_parameters():
+        assert torch.equal(p.detach(), pristine[name]), name
+    assert m.lm_head.weight is m.embed_tokens.weight
+
+
+def test_module_path_equals_stream_path():
+    # the hf rollout backend (module, pristine copy) and perturb-at-sync (stream) build the same weights
+    pf = ParamFilter(exclude=[r"^proj\.bias$"])
+    cand = Candidate(4, 31337, 1e-3)
+    ref = TinyLM()
+    named = list(ref.state_dict().items())
+    streamed = dict(perturb_named_tensors(named, cand, pf, tied_aliases(named)))
+    m = TinyLM()
+    pristine = snapshot_parameters(m)
+    perturb_module_(m, Candidate(0, 1, 5e-2), pf, pristine)  # whatever was loaded before does not matter
+    perturb_module_(m, cand, pf, pristine)
+    sd = m.state_dict()
+    for name, t in streamed.items():
+        assert torch.equal(sd[name], t), name
+    assert torch.equal(sd["proj.bias"], pristine["proj.bias"])
+
+
+def test_module_perturb_requires_pristine_of_selected():
+    m = TinyLM()
+    pristine = snapshot_parameters(m, ParamFilter(include=["proj"]))
+    with pytest.raises(KeyError):
+        perturb_module_(m, Candidate(0, 1, 1e-3), ParamFilter(), pristine)
+    perturb_module_(m, Candidate(0, 1, 1e-3), ParamFilter(include=["proj"]), pristine)
+    assert torch.equal(m.proj.weight.detach(), perturbed(pristine["proj.weight"], 1, "proj.weight", 1e-3))
