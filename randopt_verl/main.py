@@ -46,7 +46,18 @@ def run(config: DictConfig) -> None:
     validate.check(config)
     # then verl's own checks, exactly as verl.trainer.main_ppo.main runs them
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    # verl's "file" logger writes into the Ray worker's directory unless told otherwise: put it in the run
+    # directory, where `randopt-verl compare` looks (set before ray.init so every Ray process inherits it)
+    os.environ.setdefault("VERL_FILE_LOGGER_PATH", os.path.join(_run_dir(config), "metrics.jsonl"))
     run_ppo(config, task_runner_class=TaskRunnerV1)
+
+
+def _run_dir(config: DictConfig) -> str:
+    mode = config.trainer.v1.trainer_mode
+    node = config.get(mode) if mode in ("randopt", "es") else None
+    path = str(node.run_dir) if node is not None else str(config.trainer.default_local_dir)
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 def main() -> None:

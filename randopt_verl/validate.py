@@ -58,6 +58,11 @@ def absolutize(config: DictConfig) -> None:
         crf = config.reward.custom_reward_function
         if crf.get("path"):
             crf.path = fix(str(crf.path))
+        # outputs: absolute against the caller's directory whether or not they exist yet
+        config.trainer.default_local_dir = os.path.abspath(str(config.trainer.default_local_dir))
+        for node in ("randopt", "es"):
+            if config.get(node) is not None and config[node].get("run_dir") is not None:
+                config[node].run_dir = os.path.abspath(str(config[node].run_dir))
 
 
 def check(config: DictConfig, *, check_files: bool = True) -> None:

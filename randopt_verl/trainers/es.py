@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -38,7 +37,6 @@ def iteration_seeds(seed: int, iteration: int, n: int) -> list[int]:
 class ESTrainer(SearchTrainer):
     def fit(self, agent_loop_manager=None):
         es = self.config.es
-        self.logger = self.tracking()
         response_length = int(self.config.actor_rollout_ref.rollout.response_length)
         param_filter = OmegaConf.to_container(es.param_filter, resolve=True) or {}
         how = self.perturb_at("auto")
@@ -46,16 +44,14 @@ class ESTrainer(SearchTrainer):
         iterations = int(self.config.trainer.total_training_steps)
         selection = self.prompts(self.train_dataset, es.selection_size)
         test = self.prompts(self.val_dataset, es.test_size)
-        run_dir = Path(es.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path = run_dir / "metrics.jsonl"
         # verl's _setup restored the actor from the latest checkpoint and set global_steps; restore the cost too
-        self._restore_cost(metrics_path)
+        self._restore_cost(Path(es.run_dir) / "metrics.jsonl")
+        self.open_log(es.run_dir, "es")
 
         # the (possibly restored) base weights into every replica
         self.load_candidates({}, how="sync", param_filter=param_filter)
         if self.global_steps == 0 and self.config.trainer.get("val_before_train", True):
-            self._log(metrics_path, {**self._validate_es(test, response_length), **self.cost.metrics()})
+            self._log(self._validate_es(test, response_length))
 
         bar = tqdm(total=iterations, initial=self.global_steps, desc="es iterations")
         n_rep = len(self.replicas)
@@ -87,7 +83,7 @@ class ESTrainer(SearchTrainer):
             save = int(self.config.trainer.save_freq)
             if save > 0 and (last or it % save == 0):
                 self._save_checkpoint()
-            self._log(metrics_path, {**metrics, **self.cost.metrics()})
+            self._log(metrics)
             bar.update(1)
         bar.close()
 
@@ -111,14 +107,9 @@ class ESTrainer(SearchTrainer):
         return {"val/acc": float(np.mean([s["acc"] for s in samples])),
                 "val/score": float(np.mean([s["score"] for s in samples]))}
 
-    def _log(self, path: Path, metrics: dict) -> None:
+    def _log(self, metrics: dict) -> None:
         self.cost.wall_s = self._wall_base + (time.perf_counter() - self._t0)
-        metrics.update(self.cost.metrics())
-        self.logger.log(data=metrics, step=self.global_steps)
-        with open(path, "a") as f:  # one row per logged step, on disk before the next iteration
-            f.write(json.dumps({"step": self.global_steps, "data": metrics}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self.log(metrics)
 
     def _restore_cost(self, path: Path) -> None:
         self._t0 = time.perf_counter()

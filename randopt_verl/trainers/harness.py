@@ -13,10 +13,13 @@ rollout replicas, checkpoint engine, reward loop); it changes one thing there, t
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -223,15 +226,29 @@ class SearchTrainer(PPOTrainer):
         return out
 
     # -- logging --------------------------------------------------------------------------------------------
-    def tracking(self):
+    def open_log(self, run_dir, method: str) -> None:
+        """verl's Tracking (console, wandb, ...) plus run_dir/metrics.jsonl, which this trainer appends and
+        fsyncs itself: verl's "file" backend reopens its file with "wb" and would erase a resumed run's rows."""
         from verl.utils.tracking import Tracking
 
-        return Tracking(
+        self.method = method
+        self.metrics_path = Path(run_dir) / "metrics.jsonl"
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        backends = [b for b in list(self.config.trainer.logger) if b != "file"]
+        self.logger = Tracking(
             project_name=self.config.trainer.project_name,
             experiment_name=self.config.trainer.experiment_name,
-            default_backend=self.config.trainer.logger,
+            default_backend=backends,
             config=OmegaConf.to_container(self.config, resolve=True),
         )
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        metrics = {**metrics, **self.cost.metrics(), "meta/method": self.method}
+        self.logger.log(data=metrics, step=self.global_steps)
+        with open(self.metrics_path, "a") as f:  # on disk before the next step starts
+            f.write(json.dumps({"step": self.global_steps, "data": metrics}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def timed(fn, *args, **kwargs):

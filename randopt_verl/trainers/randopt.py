@@ -20,7 +20,7 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from randopt_verl import noise, vote
 from randopt_verl.population import Candidate, sample_population
 from randopt_verl.rundir import Ledger, RunDir, candidate_row, fingerprint_files, hash_rows, model_files, verify_rows
-from randopt_verl.trainers.harness import PromptSet, SearchTrainer, greedy, sampled
+from randopt_verl.trainers.harness import Cost, PromptSet, SearchTrainer, greedy, sampled
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ class RandOptTrainer(SearchTrainer):
     def fit(self, agent_loop_manager=None):
         ro = self.config.randopt
         t_start = time.perf_counter()
-        self.logger = self.tracking()
         response_length = int(self.config.actor_rollout_ref.rollout.response_length)
         param_filter = OmegaConf.to_container(ro.param_filter, resolve=True) or {}
         how = self.perturb_at(ro.perturb_at)
@@ -66,6 +65,7 @@ class RandOptTrainer(SearchTrainer):
         finished = run.finished()
         verify_rows(finished.values(), [(c.seed, c.sigma) for c in population])
         self._replay_cost(run)
+        self.open_log(run.path, "randopt")
         print(f"randopt: run directory {run.path}: {len(finished)}/{len(population)} candidates already scored")
 
         # 3. base weights into every replica (vLLM starts with dummy weights; hf takes its pristine copy here)
@@ -74,7 +74,7 @@ class RandOptTrainer(SearchTrainer):
         # 4. the base model on the selection set: the line a candidate must beat
         base_row = run.ledger.read().by_index.get(BASE)
         if base_row is None:
-            base_row = self._evaluate({0: None}, selection, greedy(response_length))[0]
+            base_row = self._evaluate({0: None}, selection, greedy(response_length), self.cost)[0]
             run.ledger.append(candidate_row(BASE, 0, 0.0, base_row["samples"], tokens=base_row["tokens"],
                                             wall_s=base_row["wall_s"]))
             base_row = run.ledger.read().by_index[BASE]
@@ -86,7 +86,7 @@ class RandOptTrainer(SearchTrainer):
         for lo in range(0, len(todo), n_rep):
             chunk = {rep.replica_rank: cand for rep, cand in zip(self.replicas, todo[lo : lo + n_rep])}
             self.load_candidates(chunk, how=how, param_filter=param_filter)
-            for r, ev in self._evaluate(chunk, selection, greedy(response_length)).items():
+            for r, ev in self._evaluate(chunk, selection, greedy(response_length), self.cost).items():
                 cand = chunk[r]
                 run.ledger.append(candidate_row(cand.index, cand.seed, cand.sigma, ev["samples"],
                                                 tokens=ev["tokens"], wall_s=ev["wall_s"]))
@@ -94,10 +94,8 @@ class RandOptTrainer(SearchTrainer):
             done = run.finished()
             best = vote.rank(done.values())[0]
             self.global_steps = len(done)
-            self.logger.log(data={"randopt/best_selection_score": best["score"],
-                                  "randopt/base_selection_score": base_row["score"],
-                                  "randopt/candidates_done": len(done), **self.cost.metrics()},
-                            step=self.global_steps)
+            self.log({"randopt/best_selection_score": best["score"], "randopt/base_selection_score": base_row["score"],
+                      "randopt/candidates_done": len(done)})
         bar.close()
         # the restore that needs no arithmetic: replicas go back to the pristine base
         self.load_candidates({}, how=how, param_filter=param_filter)
@@ -127,7 +125,7 @@ class RandOptTrainer(SearchTrainer):
             group = todo_test[lo : lo + n_rep]
             chunk = {rep.replica_rank: (None if m == BASE else by_index[m]) for rep, m in zip(self.replicas, group)}
             self.load_candidates(chunk, how=how, param_filter=param_filter)
-            evs = self._evaluate(chunk, test, greedy(response_length))
+            evs = self._evaluate(chunk, test, greedy(response_length), self.test_cost)
             for rep, m in zip(self.replicas, group):
                 ev = evs[rep.replica_rank]
                 cand = chunk[rep.replica_rank]
@@ -145,7 +143,7 @@ class RandOptTrainer(SearchTrainer):
             group = todo_samples[lo : lo + n_rep]
             reps = self.replicas[: len(group)]
             evs = self._evaluate({rep.replica_rank: None for rep in reps}, test,
-                                 sampled(response_length, float(controls.temperature)))
+                                 sampled(response_length, float(controls.temperature)), self.test_cost)
             for rep, s in zip(reps, group):
                 ev = evs[rep.replica_rank]
                 test_ledger.append(candidate_row(base_sample_index(s), 0, 0.0, ev["samples"],
@@ -159,7 +157,7 @@ class RandOptTrainer(SearchTrainer):
         run.write_results(results)
         table = vote.results_table(results)
         print(table)
-        self.logger.log(data=_flat_metrics(results), step=self.global_steps)
+        self.log(_flat_metrics(results))
         if ro.plots:
             from randopt_verl import plots
 
@@ -168,8 +166,10 @@ class RandOptTrainer(SearchTrainer):
         run.close()
 
     # -- steps --------------------------------------------------------------------------------------------
-    def _evaluate(self, by_replica: dict[int, Optional[Candidate]], prompts: PromptSet, sampling: dict) -> dict:
-        """Every replica in by_replica answers all prompts with the weights it holds; scored by verl's reward loop."""
+    def _evaluate(self, by_replica: dict[int, Optional[Candidate]], prompts: PromptSet, sampling: dict,
+                  cost: Cost) -> dict:
+        """Every replica in by_replica answers all prompts with the weights it holds; scored by verl's reward loop.
+        The work is added to `cost`: self.cost for the search (selection set), self.test_cost for test answers."""
         t0 = time.perf_counter()
         outs = self.generate({r: prompts.ids for r in by_replica}, sampling)
         gen_s = time.perf_counter() - t0
@@ -180,16 +180,17 @@ class RandOptTrainer(SearchTrainer):
             samples = self.score(prompts.rows, responses)
             tokens = sum(len(x) for x in responses)
             wall = gen_s / len(outs) + (time.perf_counter() - t1)  # replicas run in parallel: share the wall
-            self.cost.add(len(responses), tokens, wall)
+            cost.add(len(responses), tokens, wall)
             result[r] = {"samples": samples, "tokens": tokens, "wall_s": wall}
         return result
 
     def _replay_cost(self, run: RunDir) -> None:
         """Cost of work already on disk (a resumed run still counts what it spent before the restart)."""
-        for path in (run.path / "ledger.jsonl", run.path / "test_ledger.jsonl"):
+        self.test_cost = Cost()
+        for path, cost in ((run.path / "ledger.jsonl", self.cost), (run.path / "test_ledger.jsonl", self.test_cost)):
             if path.exists():
                 for r in Ledger(path).read().rows:
-                    self.cost.add(r["n"], r["tokens"], r["wall_s"])
+                    cost.add(r["n"], r["tokens"], r["wall_s"])
 
     def _results(self, rows, ranked, base_row, test_rows, ks, control_pop, n_samples, wall_s) -> dict[str, Any]:
         ro = self.config.randopt
@@ -220,8 +221,12 @@ class RandOptTrainer(SearchTrainer):
             samples = [table[base_sample_index(s)] for s in range(n_samples)]
             results["base_maj_at_k"] = {str(k): v for k, v in vote.base_maj_at_k(samples, ks).items()}
             results["base_sampling_temperature"] = float(ro.controls.temperature)
+        # search cost (selection-set generations: the axis shared with ES and GRPO training) and, apart, the
+        # test-time cost of answering with K experts plus the controls
         results["cost"] = {"rollouts": self.cost.rollouts, "tokens": self.cost.tokens,
                            "wall_s": round(self.cost.wall_s, 3), "session_wall_s": round(wall_s, 3)}
+        results["test_cost"] = {"rollouts": self.test_cost.rollouts, "tokens": self.test_cost.tokens,
+                                "wall_s": round(self.test_cost.wall_s, 3)}
         return results
 
 

@@ -1,0 +1,53 @@
+"""Run a trainer of this package in the current process, as verl's TaskRunnerV1 would (tests, notebooks):
+compose the config, start Ray and TransferQueue, build the trainer (verl's own _setup), hand it back.
+
+    from randopt_verl.inprocess import compose, trainer_session
+    with trainer_session(compose(["trainer=randopt", "hardware=cpu", ...])) as trainer:
+        trainer.fit(None)
+Hardware: any; on CPU pass hardware=cpu.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+
+def compose(overrides: list[str]):
+    """The config `python -m randopt_verl.main OVERRIDES...` would run, absolutized and validated."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from randopt_verl import validate
+
+    with initialize_config_module("randopt_verl.config", version_base=None):
+        config = hydra_compose("randopt_ppo", overrides=list(overrides))
+    validate.absolutize(config)
+    validate.check(config)
+    return config
+
+
+@contextlib.contextmanager
+def trainer_session(config):
+    """Yields an initialised trainer of config.trainer.v1.trainer_mode; shuts Ray down afterwards."""
+    import ray
+    import transfer_queue as tq
+    from omegaconf import OmegaConf
+    from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+    from verl.trainer.ppo.v1 import get_trainer_cls
+
+    ray_init = OmegaConf.to_container(config.ray_kwargs.ray_init, resolve=True)
+    ray.init(num_cpus=ray_init.get("num_cpus"), num_gpus=ray_init.get("num_gpus"),
+             runtime_env=OmegaConf.to_container(OmegaConf.create(get_ppo_ray_runtime_env(config))),
+             include_dashboard=False)
+    try:
+        config.transfer_queue.enable = True
+        OmegaConf.resolve(config)
+        tq.init(config.transfer_queue)
+        try:
+            trainer = get_trainer_cls(config.trainer.v1.trainer_mode)(config=config)
+            trainer.init()
+            yield trainer
+        finally:
+            tq.close()
+    finally:
+        ray.shutdown()
