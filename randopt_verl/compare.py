@@ -1,0 +1,277 @@
+"""RandOpt, ES and GRPO runs side by side: accuracy against what it cost (rollouts, generated tokens, wall time).
+
+    randopt-verl compare RUN_DIR... [--out report.md] [--plot compare.png]     # any CPU
+
+`load_run` reads one run directory of any of the three trainers into one shape::
+
+    {"name": str, "method": "randopt" | "es" | "grpo", "path": str,
+     "accuracy_label": str,                       # what "accuracy" is: "maj@K" (randopt) or "val acc"
+     "curve": [(rollouts, tokens, wall_s, accuracy), ...],
+     "final": {"accuracy", "rollouts", "tokens", "wall_s"},
+     "maj_at_k": {k: accuracy} | None,            # randopt only
+     "base_accuracy": float | None}
+
+Formats read:
+
+- RandOpt: ``results.json`` (schema in `randopt_verl.vote`). Its accuracy is the selected top-k vote at the
+  largest k reported (labelled "maj@K" in the table); the curve is the base model at cost 0 and that vote at the
+  run's total cost (the search spends its budget before any answer exists, so there is no curve in between).
+- ES and GRPO: ``metrics.jsonl``, one ``{"step": int, "data": {...}}`` per line (verl's file logger format; the
+  ES trainer writes it into ``es.run_dir``; for GRPO point ``VERL_FILE_LOGGER_PATH`` at ``RUN_DIR/metrics.jsonl``,
+  or pass the ``.jsonl`` file itself). ``data`` holds the cumulative ``cost/rollouts``, ``cost/tokens`` and
+  ``cost/wall_s``, and on validation steps the accuracy: ``val/acc`` (ES) or the mean of every
+  ``val-core/<data_source>/acc/mean@1`` (GRPO). A row without cost keys (e.g. verl's validation before training)
+  takes the cost of the row before it (0 at the start). The method is ``data["meta/method"]`` when present, else
+  "es" if any row has ``es/`` keys, else "grpo" if any has ``actor/`` keys. The validation at step 0 (before any
+  update) is the base accuracy. Unreadable lines (a torn last line of a killed run) are skipped. A RandOpt run
+  also writes a metrics.jsonl (its progress); without results.json it is refused as unfinished.
+
+The final point is the last validation: its accuracy at the cost spent when it was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from randopt_verl.rundir import RESULTS, read_json
+
+log = logging.getLogger(__name__)
+
+METRICS = "metrics.jsonl"
+METHODS = ("randopt", "es", "grpo")
+_GRPO_ACC = re.compile(r"^val-core/.+/acc/mean@1$")
+_COST_KEYS = ("cost/rollouts", "cost/tokens", "cost/wall_s")
+
+
+def _num(x: Any) -> float | None:
+    """A finite number, or None (missing, null, NaN, not a number)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+# ------------------------------------------------------------------------------------------- randopt
+
+
+def _load_randopt(path: Path, name: str) -> dict:
+    res = read_json(path)
+    if not isinstance(res, Mapping):
+        raise ValueError(f"{path} is not a results.json object")
+    base = _num((res.get("base") or {}).get("test_acc"))
+    maj = {int(k): float(v) for k, v in (res.get("maj_at_k") or {}).items() if _num(v) is not None}
+    cost = res.get("cost") or {}
+    rollouts, tokens, wall = _num(cost.get("rollouts")), _num(cost.get("tokens")), _num(cost.get("wall_s"))
+    if maj:
+        k = max(maj)
+        acc, label = maj[k], f"maj@{k}"
+    else:  # no vote reported: the rank-1 expert alone
+        experts = res.get("experts") or []
+        acc, label = (_num(experts[0].get("test_acc")) if experts else None), "best expert"
+    if acc is None:
+        raise ValueError(f"{path} has no test accuracy (neither maj_at_k nor experts[0].test_acc)")
+    curve = []
+    if base is not None:
+        curve.append((0, 0, 0.0, base))
+    curve.append((_int(rollouts), _int(tokens), wall, acc))
+    return {
+        "name": name, "method": "randopt", "path": str(path.parent), "accuracy_label": label,
+        "curve": curve,
+        "final": {"accuracy": acc, "rollouts": _int(rollouts), "tokens": _int(tokens), "wall_s": wall},
+        "maj_at_k": dict(sorted(maj.items())) or None,
+        "base_accuracy": base,
+    }
+
+
+def _int(x: float | None) -> int | None:
+    return None if x is None else int(x)
+
+
+# ------------------------------------------------------------------------------------------- es, grpo
+
+
+def _read_metrics(path: Path) -> list[tuple[int | None, dict]]:
+    rows = []
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    last = max((i for i, line in enumerate(lines, start=1) if line.strip()), default=0)
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if lineno != last:  # a torn last line (a writer killed mid-line) is expected: skipped quietly
+                log.warning("%s: line %d is not JSON; skipped", path, lineno)
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("data"), dict):
+            log.warning("%s: line %d is not a {step, data} row; skipped", path, lineno)
+            continue
+        step = row.get("step")
+        rows.append((step if isinstance(step, int) and not isinstance(step, bool) else None, row["data"]))
+    return rows
+
+
+def _method(rows: list[tuple[int | None, dict]], path: Path) -> str:
+    for _, d in rows:
+        m = d.get("meta/method")
+        if isinstance(m, str) and m:
+            if m not in METHODS:
+                raise ValueError(f"{path}: meta/method is {m!r}, expected one of {', '.join(METHODS)}")
+            return m
+    keys = {k for _, d in rows for k in d}
+    if any(k.startswith("es/") for k in keys):
+        return "es"
+    if any(k.startswith("actor/") for k in keys):
+        return "grpo"
+    if "val/acc" in keys:  # an ES run stopped after its first validation
+        return "es"
+    if any(_GRPO_ACC.match(k) for k in keys):
+        return "grpo"
+    raise ValueError(f"{path}: cannot tell the method (no meta/method, es/ or actor/ keys)")
+
+
+def _accuracy(d: Mapping[str, Any]) -> float | None:
+    if "val/acc" in d:
+        return _num(d["val/acc"])
+    vals = [_num(v) for k, v in d.items() if _GRPO_ACC.match(k)]
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _load_metrics(path: Path, name: str) -> dict:
+    rows = _read_metrics(path)
+    if not rows:
+        raise ValueError(f"{path} has no metric rows")
+    method = _method(rows, path)
+    if method == "randopt":  # the search's progress log: its accuracies exist only once results.json is written
+        raise ValueError(f"{path} is the progress log of a RandOpt search that has not finished: there is no "
+                         f"{RESULTS} beside it yet")
+    cost: list[float | None] = [0, 0, 0.0]
+    curve, base = [], None
+    for step, d in rows:
+        if any(k in d for k in _COST_KEYS):
+            cost = [_num(d.get(k)) for k in _COST_KEYS]
+        acc = _accuracy(d)
+        if acc is None:
+            continue
+        curve.append((_int(cost[0]), _int(cost[1]), cost[2], acc))
+        if step == 0:
+            base = acc
+    if not curve:
+        raise ValueError(f"{path} has no validation accuracy yet (no val/acc or val-core/*/acc/mean@1 row)")
+    r, t, w, a = curve[-1]
+    return {
+        "name": name, "method": method, "path": str(path.parent), "accuracy_label": "val acc",
+        "curve": curve,
+        "final": {"accuracy": a, "rollouts": r, "tokens": t, "wall_s": w},
+        "maj_at_k": None,
+        "base_accuracy": base,
+    }
+
+
+def load_run(run_dir: str | os.PathLike) -> dict:
+    """One run of any trainer, normalised (see the module docstring). ``run_dir`` may also be a metrics .jsonl."""
+    p = Path(run_dir)
+    if p.is_file() and p.suffix == ".jsonl":
+        return _load_metrics(p, p.stem)
+    if not p.is_dir():
+        raise FileNotFoundError(f"run directory {p} does not exist")
+    name = p.resolve().name
+    if (p / RESULTS).is_file():
+        return _load_randopt(p / RESULTS, name)
+    if (p / METRICS).is_file():
+        return _load_metrics(p / METRICS, name)
+    raise FileNotFoundError(
+        f"{p} has neither {RESULTS} (a finished RandOpt run) nor {METRICS} (an ES run, or GRPO with verl's file "
+        "logger pointed there): nothing to compare"
+    )
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100.0 * x:.1f}%"
+
+
+def _count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return "-"
+    h, rem = divmod(float(s), 3600)
+    m, sec = divmod(rem, 60)
+    return f"{int(h)}h{int(m):02d}m" if h else f"{int(m)}m{int(sec):02d}s" if m else f"{sec:.1f}s"
+
+
+def report(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table of the runs, in the order given."""
+    headers = ["run", "method", "accuracy", "maj@k", "base", "rollouts", "tokens", "wall time"]
+    rows = []
+    for r in runs:
+        f = r["final"]
+        maj = r.get("maj_at_k")
+        rows.append([
+            str(r["name"]), r["method"], f"{_pct(f['accuracy'])} ({r.get('accuracy_label', 'accuracy')})",
+            ", ".join(f"@{k} {_pct(v)}" for k, v in sorted(maj.items())) if maj else "-",
+            _pct(r.get("base_accuracy")), _count(f.get("rollouts")), _count(f.get("tokens")),
+            _duration(f.get("wall_s")),
+        ])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    table = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(row) for row in rows]
+    notes = []
+    if any(r["method"] == "randopt" for r in runs):
+        notes.append("RandOpt accuracy: the selected top-k vote at the largest k reported (maj@K), which answers "
+                     "each test prompt K times; base: the base model's greedy test accuracy. RandOpt cost: the "
+                     "search (the test answers are apart, results.json test_cost).")
+    if any(r["method"] != "randopt" for r in runs):
+        notes.append("ES/GRPO accuracy: the last validation; base: the validation before the first update.")
+    notes.append("Costs are cumulative generated rollouts, generated tokens and wall time up to that accuracy.")
+    return "\n".join(table) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def plot(runs: Sequence[Mapping[str, Any]], out_png: str | os.PathLike) -> Path:
+    """Two panels, accuracy against rollouts and against tokens; one line per run, its base dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_png = Path(out_png)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(runs):
+        color = colors[i % len(colors)]
+        label = f"{r['name']} ({r['method']}, {r.get('accuracy_label', 'accuracy')})"
+        style = "o:" if r["method"] == "randopt" else "o-"
+        for ax, col in zip(axes, (0, 1)):
+            pts = [(p[col], p[3]) for p in r["curve"] if p[col] is not None]
+            if pts:
+                ax.plot([x for x, _ in pts], [y for _, y in pts], style, color=color, label=label, markersize=4)
+                if r["method"] == "randopt":  # the one answer the search produced: a big marker
+                    ax.plot(*pts[-1], "*", color=color, markersize=12)
+            if r.get("base_accuracy") is not None:
+                ax.axhline(r["base_accuracy"], color=color, linestyle="--", linewidth=1, alpha=0.7)
+    for ax, xl in zip(axes, ("rollouts (cumulative)", "generated tokens (cumulative)")):
+        ax.set_xlabel(xl)
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, title="dashed: base accuracy", title_fontsize=8)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
