@@ -1,0 +1,161 @@
+"""randopt-verl: what to do with a run directory once a search (or an ES / GRPO run) has written it.
+
+Every command runs on any CPU (no GPU, no Ray, no network):
+
+    randopt-verl export RUN_DIR --rank R --out DIR [--model-path P] [--force]
+        Write the rank-R expert (1 = best on the selection set) of a finished RandOpt run as a plain Hugging Face
+        checkpoint (fp32) with its tokenizer and a randopt_expert.json record. Needs RAM for the fp32 model
+        (4 bytes per parameter). --model-path: the base checkpoint, when it moved since the search.
+        --force: write into a non-empty DIR (its weight files are replaced).
+    randopt-verl density RUN_DIR
+        Draw density.png (and maj_at_k.png once results.json exists) into RUN_DIR, print their paths and the
+        results table.
+    randopt-verl compare RUN_DIR... [--out report.md] [--plot compare.png]
+        Table (and plot) of RandOpt, ES and GRPO runs: accuracy against rollouts, tokens and wall time.
+
+A mistake in the input (a missing file, a bad rank, ...) prints ``randopt-verl: <message>`` to stderr and exits
+with status 2, without a traceback (set RANDOPT_VERL_TRACEBACK=1 to see one).
+
+Adding a subcommand: write ``configure(parser)`` and ``run(args) -> int | None`` and call
+``register(Command(name, help, configure, run))`` at import time; `main` builds the parser from `COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+PROG = "randopt-verl"
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]  # adds the subcommand's arguments
+    run: Callable[[argparse.Namespace], Optional[int]]  # returns the exit status (None = 0)
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def register(cmd: Command) -> Command:
+    """Add a subcommand (registration order is the order in --help)."""
+    if cmd.name in COMMANDS:
+        raise ValueError(f"subcommand {cmd.name!r} is already registered")
+    COMMANDS[cmd.name] = cmd
+    return cmd
+
+
+# ------------------------------------------------------------------------------------------- export
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory of a finished RandOpt search")
+    p.add_argument("--rank", type=int, required=True, help="which expert: 1 = best on the selection set")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory for the HF checkpoint")
+    p.add_argument("--model-path", default=None, metavar="P",
+                   help="base model directory (default: the path recorded in the run's manifest)")
+    p.add_argument("--force", action="store_true", help="write into DIR even if it is not empty")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from randopt_verl.export import EXPERT_RECORD, export_expert
+
+    out = export_expert(args.run_dir, args.rank, args.out, model_path=args.model_path, force=args.force)
+    print(f"{PROG}: wrote expert rank {args.rank} of {args.run_dir} to {out} (record: {out / EXPERT_RECORD})")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ density
+
+
+def _density_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory of a RandOpt search (finished or not)")
+
+
+def _density(args: argparse.Namespace) -> int:
+    from randopt_verl import plots, vote
+    from randopt_verl.rundir import RESULTS, read_json
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    for path in plots.draw(run_dir):
+        print(path)
+    if (run_dir / RESULTS).exists():
+        print()
+        print(vote.results_table(read_json(run_dir / RESULTS)), end="")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ compare
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run directories (results.json or metrics.jsonl), or metrics .jsonl files")
+    p.add_argument("--out", default=None, metavar="report.md", help="also write the table to this file")
+    p.add_argument("--plot", default=None, metavar="compare.png", help="draw accuracy vs cost to this file")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from randopt_verl import compare
+
+    runs = [compare.load_run(d) for d in args.run_dirs]
+    table = compare.report(runs)
+    print(table, end="")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table, encoding="utf-8")
+        print(f"{PROG}: wrote {out}")
+    if args.plot:
+        print(f"{PROG}: wrote {compare.plot(runs, args.plot)}")
+    return 0
+
+
+register(Command("export", "export one expert of a finished RandOpt run as a Hugging Face checkpoint",
+                 _export_args, _export))
+register(Command("density", "draw the candidate score density (and maj@k) plots of a RandOpt run",
+                 _density_args, _density))
+register(Command("compare", "compare RandOpt, ES and GRPO runs: accuracy against cost", _compare_args, _compare))
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                                     epilog="every command runs on any CPU")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS.values():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        cmd.configure(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: sys.argv[1:]) and run the subcommand; returns its exit status.
+
+    User mistakes (ValueError, FileNotFoundError) and argparse errors raise ``SystemExit(2)`` after one line on
+    stderr.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        status = args._run(args)
+    except (ValueError, FileNotFoundError) as e:
+        if os.environ.get("RANDOPT_VERL_TRACEBACK"):
+            raise
+        print(f"{PROG}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return 0 if status is None else int(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

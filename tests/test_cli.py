@@ -1,0 +1,125 @@
+"""randopt-verl CLI: export, density and compare on synthetic run directories; user mistakes exit 2 with a message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from randopt_verl import noise
+from randopt_verl.cli import COMMANDS, main
+from randopt_verl.rundir import Ledger, candidate_row, fingerprint_files, model_files
+
+RESULTS = {
+    "schema_version": 1, "n_candidates": 6, "n_selection": 4, "n_test": 4,
+    "base": {"test_acc": 0.25, "selection_score": 0.25},
+    "experts": [{"rank": 1, "index": 2, "seed": 2002, "sigma": 0.001, "selection_score": 0.75,
+                 "selection_acc": 0.75, "test_acc": 0.5}],
+    "maj_at_k": {"1": 0.5, "2": 0.75},
+    "random_k": {"1": {"mean": 0.3, "std": 0.1, "draws": [0.2, 0.4], "n_population": 6, "seed": 0}},
+    "base_maj_at_k": {"1": 0.25, "2": 0.25},
+    "cost": {"rollouts": 60, "tokens": 1200, "wall_s": 12.0},
+}
+
+
+def randopt_run(root: Path, *, results: bool = True) -> Path:
+    root.mkdir(parents=True)
+    samples = lambda k: [{"score": float(i < k), "acc": float(i < k), "pred": str(i), "error": None}  # noqa: E731
+                         for i in range(4)]
+    with Ledger(root / "ledger.jsonl") as ledger:
+        ledger.append(candidate_row(-1, 0, 0.0, samples(1), tokens=10, wall_s=0.1))
+        for i in range(6):
+            ledger.append(candidate_row(i, 1000 + i, 0.001 if i % 2 else 0.002, samples(i % 4), tokens=10,
+                                        wall_s=0.1))
+    if results:
+        (root / "results.json").write_text(json.dumps(RESULTS))
+    return root
+
+
+def es_run(root: Path) -> Path:
+    root.mkdir(parents=True)
+    rows = [{"step": 0, "data": {"val/acc": 0.25, "cost/rollouts": 4, "cost/tokens": 80, "cost/wall_s": 1.0}},
+            {"step": 1, "data": {"es/reward_mean": 0.3, "val/acc": 0.5, "cost/rollouts": 40, "cost/tokens": 800,
+                                 "cost/wall_s": 9.0}}]
+    (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_registry_has_the_commands():
+    assert list(COMMANDS)[:3] == ["export", "density", "compare"]
+
+
+def test_density(tmp_path, capsys):
+    run = randopt_run(tmp_path / "run")
+    assert main(["density", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert str(run / "density.png") in out and str(run / "maj_at_k.png") in out
+    assert (run / "density.png").exists() and (run / "maj_at_k.png").exists()
+    assert "best single expert" in out and "selected top-k vote" in out  # vote.results_table
+
+
+def test_density_without_results(tmp_path, capsys):
+    run = randopt_run(tmp_path / "run", results=False)
+    assert main(["density", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert str(run / "density.png") in out and "maj_at_k.png" not in out and "best single expert" not in out
+
+
+def test_compare(tmp_path, capsys):
+    ro, es = randopt_run(tmp_path / "ro"), es_run(tmp_path / "es")
+    md, png = tmp_path / "r" / "report.md", tmp_path / "compare.png"
+    assert main(["compare", str(ro), str(es), "--out", str(md), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "75.0% (maj@2)" in out and "50.0% (val acc)" in out
+    assert md.read_text().splitlines()[2].startswith("| ro ")
+    assert png.exists()
+
+
+def test_export(tiny_model, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    manifest = {"identity": {"noise_spec_version": noise.NOISE_SPEC,
+                             "model_fingerprint": fingerprint_files(model_files(tiny_model))},
+                "config": {"actor_rollout_ref": {"model": {"path": "/moved/elsewhere"}},
+                           "randopt": {"param_filter": {"include": None, "exclude": None}}}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    (run / "topk.json").write_text(json.dumps({"k": 1, "experts": [{"rank": 1, "index": 0, "seed": 5,
+                                                                     "sigma": 0.01}]}))
+    out = tmp_path / "expert"
+    # the recorded path moved: a clear error, then --model-path fixes it
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(run), "--rank", "1", "--out", str(out)])
+    assert e.value.code == 2
+    assert "randopt-verl: base model directory /moved/elsewhere does not exist" in capsys.readouterr().err
+    assert main(["export", str(run), "--rank", "1", "--out", str(out), "--model-path", tiny_model]) == 0
+    assert (out / "randopt_expert.json").exists() and (out / "config.json").exists()
+    assert str(out) in capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(run), "--rank", "2", "--out", str(tmp_path / "x"), "--model-path", tiny_model])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("randopt-verl: rank 2 is out of range") and "1 experts" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["density", "{tmp}/nope"], "does not exist"),
+    (["density", "{tmp}"], "no scored candidates"),
+    (["compare", "{tmp}"], "nothing to compare"),
+    (["export", "{tmp}", "--rank", "1", "--out", "{tmp}/o"], "manifest.json not found"),
+])
+def test_user_mistakes_exit_2(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        main([a.format(tmp=tmp_path) for a in argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("randopt-verl: ") and message in err and "Traceback" not in err
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["export", "somewhere"])  # --rank and --out missing
+    assert e.value.code == 2
+    assert "--rank" in capsys.readouterr().err
