@@ -3,7 +3,7 @@ compose the config, start Ray and TransferQueue, build the trainer (verl's own _
 
     from randopt_verl.inprocess import compose, trainer_session
     with trainer_session(compose(["trainer=randopt", "hardware=cpu", ...])) as trainer:
-        trainer.fit(None)
+        fit(trainer)
 Hardware: any; on CPU pass hardware=cpu.
 """
 
@@ -51,3 +51,18 @@ def trainer_session(config):
             tq.close()
     finally:
         ray.shutdown()
+
+
+def fit(trainer) -> None:
+    """trainer.fit with the agent loop manager verl's TaskRunnerV1 builds (GRPO uses it; randopt and es don't)."""
+    from verl.utils.import_utils import load_class_from_fqn
+
+    from verl.trainer.ppo.v1 import AgentLoopManagerTQ
+
+    config = trainer.config
+    fqn = config.actor_rollout_ref.rollout.get("agent", {}).get("agent_loop_manager_class")
+    cls = load_class_from_fqn(fqn, "AgentLoopManager") if fqn else AgentLoopManagerTQ
+    manager = cls.create(config=config, llm_client=trainer.get_llm_client(),
+                         teacher_client=trainer.get_teacher_client(),
+                         reward_loop_worker_handles=trainer.get_reward_handles())
+    trainer.fit(manager)

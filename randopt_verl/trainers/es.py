@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -67,8 +68,9 @@ class ESTrainer(SearchTrainer):
                 evs = self._score_chunk(chunk, selection, response_length)
                 for r, c in chunk.items():
                     rewards[c.index] = evs[r]
-            # 2. the update on the FSDP actor (each rank its shard), fp32
+            # 2. the update on the FSDP actor (each rank its shard), fp32; its inputs recorded first
             z = zscore(rewards)
+            self._record(it, members, rewards, z)
             self.actor_rollout_wg.es_update([c.seed for c in members], [float(v) for v in z], alpha,
                                             param_filter.get("include"), param_filter.get("exclude"))
             self.global_steps = it
@@ -102,33 +104,48 @@ class ESTrainer(SearchTrainer):
         rep = self.replicas[0].replica_rank
         outputs = self.generate({rep: test.ids}, greedy(response_length))[rep]
         responses = [o.token_ids for o in outputs]
-        samples = self.score(test.rows, responses)
-        self.cost.add(len(responses), sum(len(x) for x in responses), 0.0)
+        samples = self.score(test.rows, responses)  # evaluation: not added to the training cost
         return {"val/acc": float(np.mean([s["acc"] for s in samples])),
                 "val/score": float(np.mean([s["score"] for s in samples]))}
+
+    def _record(self, it: int, members, rewards, z) -> None:
+        """es_iterations.jsonl: what each update was made of (seeds, rewards, z), enough to recompute it."""
+        row = {"iteration": it, "seeds": [c.seed for c in members], "sigma": members[0].sigma,
+               "alpha": float(self.config.es.alpha), "rewards": [float(r) for r in rewards],
+               "z": [float(v) for v in z]}
+        with open(Path(self.config.es.run_dir) / "es_iterations.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def _log(self, metrics: dict) -> None:
         self.cost.wall_s = self._wall_base + (time.perf_counter() - self._t0)
         self.log(metrics)
 
     def _restore_cost(self, path: Path) -> None:
+        """Counters and records as of the checkpoint verl restored: rows of later iterations (run after that
+        checkpoint, before a crash) are dropped because those iterations run again."""
         self._t0 = time.perf_counter()
         self._wall_base = 0.0
-        if not path.exists():
-            return
-        last = None
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from a killed run
-            if row["step"] <= self.global_steps:
-                last = row
-                kept.append(line)
-        # rows past the restored checkpoint belong to iterations that will run again: drop them
-        path.write_text("".join(k + "\n" for k in kept))
-        if last is not None:
-            d = last["data"]
+        _keep_until(Path(self.config.es.run_dir) / "es_iterations.jsonl", "iteration", self.global_steps)
+        rows = _keep_until(path, "step", self.global_steps)
+        if rows:
+            d = rows[-1]["data"]
             self.cost.rollouts, self.cost.tokens = int(d["cost/rollouts"]), int(d["cost/tokens"])
             self._wall_base = float(d["cost/wall_s"])
+
+
+def _keep_until(path: Path, key: str, last: int) -> list[dict]:
+    """Rewrite a JSONL file keeping rows with row[key] <= last (and dropping a torn final line)."""
+    if not path.exists():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row[key] <= last:
+            kept.append(row)
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
