@@ -1,6 +1,10 @@
 """randopt-verl: what to do with a run directory once a search (or an ES / GRPO run) has written it.
 
-Every command runs on any CPU (no GPU, no Ray, no network):
+Every command runs on any CPU (no GPU, no network):
+
+    randopt-verl demo [--out DIR] [--model P] [--population N]
+        RandOpt on the embedded default model (SmolLM2-135M-Instruct) through the verl harness, about 15 minutes
+        on 2 cores; prints the results table with its controls and writes the plots. Rerun to resume.
 
     randopt-verl export RUN_DIR --rank R --out DIR [--model-path P] [--force]
         Write the rank-R expert (1 = best on the selection set) of a finished RandOpt run as a plain Hugging Face
@@ -49,6 +53,25 @@ def register(cmd: Command) -> Command:
         raise ValueError(f"subcommand {cmd.name!r} is already registered")
     COMMANDS[cmd.name] = cmd
     return cmd
+
+
+# --------------------------------------------------------------------------------------------- demo
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="randopt_demo", metavar="DIR", help="where data and the run directory go")
+    p.add_argument("--model", default=None, metavar="P", help="a local HF model instead of the embedded default")
+    p.add_argument("--population", type=int, default=None, metavar="N", help="candidates (default: the preset's)")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from randopt_verl.demo import run
+
+    return run(out=args.out, model=args.model, population=args.population)
+
+
+register(Command("demo", "RandOpt on the embedded default model on this CPU, with controls and plots",
+                 _demo_args, _demo))
 
 
 # ------------------------------------------------------------------------------------------- export

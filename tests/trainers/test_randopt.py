@@ -111,7 +111,8 @@ def test_one_replica_gives_the_same_ledger(common, tmp_path_factory):
 
 def test_sigkill_then_resume_with_verls_entry_point(common, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ro_kill")
-    args = SEARCH + common(run_dir, n_ranks=1) + ["randopt.plots=false"]
+    # 12 candidates (the first 5 are the other tests' 5: sampling is prefix-stable), killed after 2 are on disk
+    args = SEARCH + common(run_dir, n_ranks=1) + ["randopt.plots=false", "randopt.population_size=12"]
     env = dict(os.environ, RANDOPT_VERL_ROLLOUT_THREADS="1")
     ledger = run_dir / "ledger.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "randopt_verl.main", *args], env=env, start_new_session=True,
@@ -121,8 +122,8 @@ def test_sigkill_then_resume_with_verls_entry_point(common, tmp_path_factory):
         while time.time() < deadline:
             if ledger.exists() and ledger.read_text().count("\n") >= 3:  # base + 2 candidates on disk
                 break
+            time.sleep(0.05)
             assert proc.poll() is None, "the search exited before it could be killed"
-            time.sleep(0.2)
         else:
             pytest.fail("no ledger rows within 400 s")
     finally:
@@ -130,7 +131,8 @@ def test_sigkill_then_resume_with_verls_entry_point(common, tmp_path_factory):
         proc.wait()
         subprocess.run(["ray", "stop", "--force"], capture_output=True)
     killed_at = len(_ledger(run_dir))
-    assert 3 <= killed_at <= 6
+    assert 3 <= killed_at < 13, "the kill did not land inside the search"
+    assert not (run_dir / "topk.json").exists()
 
     done = subprocess.run(
         [sys.executable, "-m", "verl.trainer.main_ppo", "--config-name", "randopt_ppo", *args],
@@ -139,8 +141,7 @@ def test_sigkill_then_resume_with_verls_entry_point(common, tmp_path_factory):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = _ledger(run_dir)
-    assert sorted(resumed) == [-1, 0, 1, 2, 3, 4]
+    assert sorted(resumed) == list(range(-1, 12))
     assert (run_dir / "results.json").exists()
-    if "r1" in RUNS:
-        assert resumed == _ledger(RUNS["r1"])
-        assert _topk(run_dir) == _topk(RUNS["r1"])
+    if "r1" in RUNS:  # same scores for the same candidates as the uninterrupted 5-candidate run
+        assert {i: resumed[i] for i in range(-1, 5)} == _ledger(RUNS["r1"])
