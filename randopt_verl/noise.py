@@ -382,7 +382,7 @@ def perturbed(tensor: torch.Tensor, seed: int, name: str, sigma: float, *, offse
 
     ``offset`` is the flat index of ``tensor``'s first element within the full parameter ``name``
     (0 for a full tensor; the shard start for an FSDP shard). The sum is formed in fp32 whatever the
-    dtype (a bf16 weight plus 1e-3 noise rounds away half the perturbation if added in bf16), and the
+    dtype and rounded once (adding in bf16 would round the noise first, then the sum), and the
     input is never modified: base weights stay pristine (decision 2). On CPU, fp32 and bf16 go through
     one fused numba pass (same IEEE ops, same result, ~2x faster than noise + three torch passes).
     """
