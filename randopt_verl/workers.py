@@ -98,3 +98,13 @@ class SearchWorker(ActorRolloutRefWorker):
             full = param.full_tensor() if hasattr(param, "full_tensor") else param
             out[name] = full.detach().float().cpu().clone()
         return out
+
+
+def use_search_worker(trainer) -> None:
+    """After verl's `_init_resource_pool_mgr`: same roles and pools, SearchWorker as the actor worker class."""
+    import ray
+    from verl.trainer.ppo.utils import Role
+
+    for role in (Role.ActorRollout, Role.ActorRolloutRef):
+        if role in trainer.role_worker_mapping:
+            trainer.role_worker_mapping[role] = ray.remote(SearchWorker)

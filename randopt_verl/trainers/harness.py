@@ -27,13 +27,12 @@ import ray
 import torch
 from omegaconf import DictConfig, OmegaConf
 from verl import DataProto
-from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
 from randopt_verl import validate
 from randopt_verl.population import Candidate
 from randopt_verl.rundir import normalise_reward
-from randopt_verl.workers import SearchWorker
+from randopt_verl.workers import use_search_worker
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +89,7 @@ class SearchTrainer(PPOTrainer):
     def _init_resource_pool_mgr(self):
         super()._init_resource_pool_mgr()
         # Same roles and pools as verl's; only the actor worker class changes (perturb-at-sync, ES update).
-        for role in (Role.ActorRollout, Role.ActorRolloutRef):
-            if role in self.role_worker_mapping:
-                self.role_worker_mapping[role] = ray.remote(SearchWorker)
+        use_search_worker(self)
 
     def on_step_end(self):  # abstract in verl; these trainers run their own loop
         return None
