@@ -33,7 +33,7 @@ def test_grpo_two_steps_updates_actor_and_rollout(common, tmp_path, monkeypatch)
         changed = [n for n in before if not torch.equal(before[n], after[n])]
         assert changed, "two GRPO steps left every actor weight unchanged"
         # verl's weight sync carried the trained weights into both rollout replicas
-        for rep in trainer.replicas:
+        for rep in trainer.llm_server_manager.get_replicas():
             served = ray.get(rep.server_handle.get_weights.remote())
             for n in changed:
                 torch.testing.assert_close(served[n], after[n], rtol=0, atol=1e-6)
