@@ -47,7 +47,7 @@ def es_run(root: Path) -> Path:
 
 
 def test_registry_has_the_commands():
-    assert list(COMMANDS)[:3] == ["export", "density", "compare"]
+    assert list(COMMANDS) == ["demo", "export", "density", "compare"]
 
 
 def test_density(tmp_path, capsys):
@@ -123,3 +123,20 @@ def test_argparse_errors_exit_2(capsys):
         main(["export", "somewhere"])  # --rank and --out missing
     assert e.value.code == 2
     assert "--rank" in capsys.readouterr().err
+
+
+def test_demo_command_line_is_the_randopt_harness(tmp_path):
+    """The demo runs `python -m randopt_verl.main trainer=randopt hardware=cpu ...` and its overrides compose and
+    validate (files, reward, every randopt key) before anything runs."""
+    from randopt_verl import demo
+    from randopt_verl.inprocess import compose
+    from randopt_verl.tiny_model import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "tiny")
+    files = demo.write_data(tmp_path)
+    args = demo.overrides(str(model), files, tmp_path / "run", demo.DEMO)
+    assert args[:2] == ["trainer=randopt", "hardware=cpu"]
+    config = compose(args)
+    assert config.trainer.v1.trainer_mode == "randopt"
+    assert config.randopt.population_size == demo.DEMO["population_size"]
+    assert config.actor_rollout_ref.rollout.name == "hf"
