@@ -155,9 +155,15 @@ def _check_reward(config: DictConfig) -> None:
 
 def _check_rollout(config: DictConfig) -> None:
     rollout = config.actor_rollout_ref.rollout
-    if rollout.name == "hf" and rollout.tensor_model_parallel_size != 1:
-        raise ConfigError("the hf rollout runs one process per replica: set "
-                          "actor_rollout_ref.rollout.tensor_model_parallel_size=1")
+    if rollout.name == "hf":
+        if rollout.tensor_model_parallel_size != 1:
+            raise ConfigError("the hf rollout runs one process per replica: set "
+                              "actor_rollout_ref.rollout.tensor_model_parallel_size=1")
+        hf = (rollout.get("engine_kwargs") or {}).get("hf") or {}
+        unknown = sorted(set(hf) - {"max_batch_size", "threads", "batch_window_s"})
+        if unknown:
+            raise ConfigError(f"actor_rollout_ref.rollout.engine_kwargs.hf has unknown key(s) {unknown}; known: "
+                              "max_batch_size, threads, batch_window_s")
     if rollout.name == "vllm" and str(config.trainer.device) == "cpu":
         raise ConfigError("vLLM needs a GPU: on a CPU machine use hardware=cpu (rollout.name=hf)")
 
