@@ -31,6 +31,7 @@ class Sampling:
     top_p: float
     top_k: int
     logprobs: bool
+    seed: Optional[int] = None  # per-request sampling seed (vLLM's SamplingParams.seed); None: the server's stream
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "Sampling":
@@ -42,6 +43,7 @@ class Sampling:
             top_p=float(params.get("top_p", 1.0) or 1.0),
             top_k=top_k if top_k > 0 else -1,
             logprobs=bool(params.get("logprobs")),
+            seed=None if params.get("seed") is None else int(params["seed"]),
         )
 
 
@@ -165,6 +167,8 @@ class HFEngine:
                 top_k=sampling.top_k if sampling.top_k > 0 else None,
             )
         with self.lock, torch.no_grad():
+            if sampling.seed is not None and not sampling.greedy:
+                torch.manual_seed(sampling.seed)  # this process serves one replica: the global RNG is ours
             result = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         new = result.sequences[:, width:]
         logp = None

@@ -71,9 +71,10 @@ def greedy(response_length: int) -> dict[str, Any]:
             "max_tokens": int(response_length)}
 
 
-def sampled(response_length: int, temperature: float) -> dict[str, Any]:
+def sampled(response_length: int, temperature: float, seed: int) -> dict[str, Any]:
+    """Sampling with a per-request seed, so samples do not depend on replica count, order or restarts."""
     return {"temperature": float(temperature), "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0,
-            "logprobs": False, "max_tokens": int(response_length)}
+            "logprobs": False, "max_tokens": int(response_length), "seed": int(seed)}
 
 
 class SearchTrainer(PPOTrainer):

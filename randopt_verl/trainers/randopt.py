@@ -139,15 +139,13 @@ class RandOptTrainer(SearchTrainer):
         self.load_candidates({}, how=how, param_filter=param_filter)
         test_rows = test_ledger.read().by_index
         todo_samples = [s for s in range(n_samples) if base_sample_index(s) not in test_rows]
-        for lo in range(0, len(todo_samples), n_rep):
-            group = todo_samples[lo : lo + n_rep]
-            reps = self.replicas[: len(group)]
-            evs = self._evaluate({rep.replica_rank: None for rep in reps}, test,
-                                 sampled(response_length, float(controls.temperature)), self.test_cost)
-            for rep, s in zip(reps, group):
-                ev = evs[rep.replica_rank]
-                test_ledger.append(candidate_row(base_sample_index(s), 0, 0.0, ev["samples"],
-                                                 tokens=ev["tokens"], wall_s=ev["wall_s"]))
+        for s in todo_samples:
+            # sample s has its own seed: the same samples whatever the replica count, order or restarts
+            ev = self._evaluate({self.replicas[0].replica_rank: None}, test,
+                                sampled(response_length, float(controls.temperature), seed=int(ro.seed) * 100003 + s),
+                                self.test_cost)[self.replicas[0].replica_rank]
+            test_ledger.append(candidate_row(base_sample_index(s), 0, 0.0, ev["samples"],
+                                             tokens=ev["tokens"], wall_s=ev["wall_s"]))
         test_rows = test_ledger.read().by_index
         test_ledger.close()
 

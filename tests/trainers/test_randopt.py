@@ -107,6 +107,7 @@ def test_one_replica_gives_the_same_ledger(common, tmp_path_factory):
         assert _topk(run_dir) == _topk(RUNS["r2"])
         r1, r2 = read_json(run_dir / "results.json"), read_json(RUNS["r2"] / "results.json")
         assert r1["maj_at_k"] == r2["maj_at_k"] and r1["random_k"] == r2["random_k"]
+        assert r1["base_maj_at_k"] == r2["base_maj_at_k"]  # seeded samples: independent of the replica count
 
 
 def test_sigkill_then_resume_with_verls_entry_point(common, tmp_path_factory):
