@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # The preset: sized so that the whole demo (model conversion, Ray start-up, search, test answers, controls)
 # stays within 15 minutes on 2 CPU cores. Measured figures are in README.md.
 DEMO = {
-    "population_size": 48,
-    "sigmas": "[0.001,0.003]",
+    "population_size": 32,
+    "sigmas": "[0.002,0.004]",
     "top_k": 8,
     "ensemble_ks": "[1,2,4,8]",
     "selection_size": 64,
@@ -38,6 +38,9 @@ DEMO = {
     "max_response_length": 12,
     "seed": 0,
 }
+# The wording a probe (scripts/probe_demo_task.py) found the 135M model partly answers (about 8-20% on
+# selection, 10% on test with greedy decoding); longer wordings drop it to 0%.
+PROMPT = "Using {a} and {b} once each and one of {ops}, make {target}. Answer with only the expression."
 DATA_SEED = 0
 N_SELECTION_ROWS = 64
 N_TEST_ROWS = 200
@@ -57,7 +60,7 @@ def write_data(out: Path) -> dict:
     files = {"train": out / "data" / "train.parquet", "test": out / "data" / "test.parquet"}
     if all(f.exists() for f in files.values()):
         return {k: str(v) for k, v in files.items()}
-    rows = datasets.generate_countdown_lite(N_SELECTION_ROWS + N_TEST_ROWS, seed=DATA_SEED)
+    rows = datasets.generate_countdown_lite(N_SELECTION_ROWS + N_TEST_ROWS, seed=DATA_SEED, template=PROMPT)
     return datasets.write_splits(rows, out / "data", N_SELECTION_ROWS, N_TEST_ROWS)
 
 

@@ -82,6 +82,10 @@ def test_two_replicas_weights_and_search(common, tmp_path_factory):
         assert (run_dir / f).exists(), f
     ledger = _ledger(run_dir)
     assert sorted(ledger) == [-1, 0, 1, 2, 3, 4]  # base row + 5 candidates
+    # the toy reward raises on the two selection items whose answer is 19: recorded, scored 0, the run went on
+    for row in Ledger(run_dir / "ledger.jsonl").read().rows:
+        assert row["n_errors"] == 2 and "always fails" in row["errors"][0]["error"]
+        assert [row["scores"][e["prompt"]] for e in row["errors"]] == [0.0, 0.0]
     res = read_json(run_dir / "results.json")
     assert set(res["maj_at_k"]) == {"1", "2"} and set(res["random_k"]) == {"1", "2"}
     assert set(res["base_maj_at_k"]) == {"1", "2"}
