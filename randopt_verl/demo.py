@@ -27,14 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # The preset: sized so that the whole demo (model conversion, Ray start-up, search, test answers, controls)
 # stays within 15 minutes on 2 CPU cores. Measured figures are in README.md.
 DEMO = {
-    "population_size": 32,
+    "population_size": 24,
     "sigmas": "[0.002,0.004]",
-    "top_k": 8,
-    "ensemble_ks": "[1,2,4,8]",
-    "selection_size": 64,
-    "test_size": 200,
+    "top_k": 4,
+    "ensemble_ks": "[1,2,4]",
+    "selection_size": 32,
+    "test_size": 100,
     "random_k_draws": 20,
-    "control_population": 16,
+    "control_population": 12,
     "max_response_length": 12,
     "seed": 0,
 }
@@ -42,8 +42,8 @@ DEMO = {
 # selection, 10% on test with greedy decoding); longer wordings drop it to 0%.
 PROMPT = "Using {a} and {b} once each and one of {ops}, make {target}. Answer with only the expression."
 DATA_SEED = 0
-N_SELECTION_ROWS = 64
-N_TEST_ROWS = 200
+N_SELECTION_ROWS = 32
+N_TEST_ROWS = 100
 
 
 def reward_path() -> str:

@@ -36,9 +36,10 @@ def trainer_session(config):
     from verl.trainer.ppo.v1 import get_trainer_cls
 
     ray_init = OmegaConf.to_container(config.ray_kwargs.ray_init, resolve=True)
+    # verl's runtime env merged with the config's, as verl.trainer.main_ppo.run_ppo does
+    runtime_env = OmegaConf.merge(get_ppo_ray_runtime_env(config), ray_init.get("runtime_env") or {})
     ray.init(num_cpus=ray_init.get("num_cpus"), num_gpus=ray_init.get("num_gpus"),
-             runtime_env=OmegaConf.to_container(OmegaConf.create(get_ppo_ray_runtime_env(config))),
-             include_dashboard=False)
+             runtime_env=OmegaConf.to_container(runtime_env), include_dashboard=False)
     try:
         config.transfer_queue.enable = True
         OmegaConf.resolve(config)
