@@ -27,6 +27,10 @@ def test_valid_configs_compose_for_all_three_trainers(base):
         assert config.trainer.v1.trainer_mode == mode
         assert config.actor_rollout_ref.rollout.name == "hf"  # the CPU preset applied
         assert isinstance(config.trainer.total_epochs, int)  # verl's trainer node is intact
+    # the FSDP engines read their precision from these dataclasses: bf16 compute is ~15x slower on a CPU
+    from verl.utils.config import omega_conf_to_dataclass
+    for node in (config.actor_rollout_ref.actor.fsdp_config, config.actor_rollout_ref.ref.fsdp_config):
+        assert omega_conf_to_dataclass(node).mixed_precision["param_dtype"] == "fp32"
 
 
 @pytest.mark.parametrize("override, message", [
