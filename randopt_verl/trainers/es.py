@@ -23,7 +23,7 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 
 from randopt_verl.es_update import zscore
 from randopt_verl.population import Candidate
-from randopt_verl.trainers.harness import SearchTrainer, greedy
+from randopt_verl.trainers.harness import SearchTrainer, greedy, keep_until
 
 logger = logging.getLogger(__name__)
 
@@ -127,25 +127,10 @@ class ESTrainer(SearchTrainer):
         checkpoint, before a crash) are dropped because those iterations run again."""
         self._t0 = time.perf_counter()
         self._wall_base = 0.0
-        _keep_until(Path(self.config.es.run_dir) / "es_iterations.jsonl", "iteration", self.global_steps)
-        rows = _keep_until(path, "step", self.global_steps)
+        keep_until(Path(self.config.es.run_dir) / "es_iterations.jsonl", "iteration", self.global_steps)
+        rows = keep_until(path, "step", self.global_steps)
         if rows:
             d = rows[-1]["data"]
             self.cost.rollouts, self.cost.tokens = int(d["cost/rollouts"]), int(d["cost/tokens"])
             self._wall_base = float(d["cost/wall_s"])
 
-
-def _keep_until(path: Path, key: str, last: int) -> list[dict]:
-    """Rewrite a JSONL file keeping rows with row[key] <= last (and dropping a torn final line)."""
-    if not path.exists():
-        return []
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row[key] <= last:
-            kept.append(row)
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    return kept

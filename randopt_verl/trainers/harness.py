@@ -249,6 +249,22 @@ class SearchTrainer(PPOTrainer):
             os.fsync(f.fileno())
 
 
+def keep_until(path: Path, key: str, last: int) -> list[dict]:
+    """Rewrite a JSONL file keeping rows with row[key] <= last (and dropping a torn final line)."""
+    if not path.exists():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row[key] <= last:
+            kept.append(row)
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
 def timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
