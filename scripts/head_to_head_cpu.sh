@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bash scripts/head_to_head_cpu.sh [OUT_DIR]     -- any CPU (measured on 2 cores); about 20 minutes in all
+# bash scripts/head_to_head_cpu.sh [OUT_DIR]     -- any CPU (measured on 2 cores: ~33 minutes in all, GRPO ~22 of them)
 # RandOpt vs ES vs GRPO on the embedded demo model and task (the demo's data) at one search/training budget of
 # 384 rollouts (prompt x sample), through `trainer=randopt|es|grpo` with nothing else changed, then
 # `randopt-verl compare`.
