@@ -40,3 +40,15 @@ def test_plugin_failure_is_loud():
     code = "import sys; sys.modules['randopt_verl.trainers'] = None; import verl"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "randopt_verl: the verl plugin failed to load" in out.stderr
+
+
+def test_any_trainer_module_can_be_imported_first():
+    # a fresh interpreter whose first import of verl comes from inside a trainer module (as in the benchmarks)
+    for module in ("harness", "es", "grpo", "randopt"):
+        code = (f"import randopt_verl.trainers.{module}\n"
+                "from verl.trainer.ppo.v1.trainer_base import get_trainer_cls\n"
+                "print(*(get_trainer_cls(n).__name__ for n in ('randopt', 'es', 'grpo')))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert "plugin failed to load" not in out.stderr, (module, out.stderr[-2000:])
+        assert out.returncode == 0 and out.stdout.split()[-3:] == ["RandOptTrainer", "ESTrainer", "GRPOTrainer"], (
+            module, out.stderr[-2000:])
