@@ -101,8 +101,8 @@ class GRPOTrainer(PPOTrainerSync):
     @logger.setter
     def logger(self, tracking):
         self._tracking = tracking
-        file_logger = getattr(tracking, "logger", {}).get("file")
-        if file_logger is None or not getattr(self, "_kept_rows", None):
+        file_logger = tracking.logger.get("file")  # Tracking's backends by name
+        if file_logger is None or not self._kept_rows:  # _kept_rows: set by _load_checkpoint in verl's _setup
             return
         file_logger.fp.close()
         rows = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in self._kept_rows)  # verl's orjson layout
