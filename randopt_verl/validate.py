@@ -100,7 +100,7 @@ def _check_model(config: DictConfig) -> None:
     elif looks_local or os.path.exists(path):
         raise ConfigError(
             f"actor_rollout_ref.model.path={path} does not exist. Pass a local model folder; for the embedded "
-            "default model run `python -m randopt_verl.embedded` and use the path it prints."
+            "default model run `python -m randopt_verl.assets.embedded` and use the path it prints."
         )
 
 

@@ -17,7 +17,7 @@ import torch
 from verl.single_controller.base.decorator import Dispatch, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from randopt_verl.population import Candidate, ParamFilter, perturb_named_tensors, tied_aliases
+from randopt_verl.core.population import Candidate, ParamFilter, perturb_named_tensors, tied_aliases
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class SearchWorker(ActorRolloutRefWorker):
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def es_update(self, seeds: list[int], z: list[float], alpha: float, include=None, exclude=None) -> dict:
         """θ ← θ + (α/N)·Σ z_n ε_n on this rank's shards (fp32 parameters required)."""
-        from randopt_verl.es_update import es_update_
+        from randopt_verl.core.es_update import es_update_
 
         filt = ParamFilter(include, exclude)
         n_elems = 0

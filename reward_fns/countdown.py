@@ -45,7 +45,7 @@ extracted line parses as an arithmetic expression over integers, whatever its nu
 to tell format fixes from reasoning gains.
 
 Ground truth: a dict ``{"target": t, "numbers": [...]}`` (``"nums"`` is accepted for ``"numbers"``), or a JSON
-string of it (what ``randopt_verl.data`` writes into parquet), numbers possibly a numpy array. Targets may be
+string of it (what ``randopt_verl.assets.data`` writes into parquet), numbers possibly a numpy array. Targets may be
 negative or non-integer (int, float or a string such as "-3", "2.5", "7/3").
 
 Never raises: junk input (None, wrong types, empty or huge strings) scores 0 with pred "". An unusable

@@ -24,7 +24,7 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
-    from randopt_verl import data, embedded
+    from randopt_verl.assets import data, embedded
     from randopt_verl.cpu.hf_engine import Batcher, HFEngine, Sampling
 
     model = a.model or embedded.default_model_path()

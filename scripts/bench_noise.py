@@ -1,5 +1,5 @@
 # Command: .venv/bin/python scripts/bench_noise.py   (measured on 2 vCPU AMD EPYC, AVX2, no GPU; torch 2.13.0+cpu, numba 0.68.1)
-"""Cost of the canonical noise (randopt_verl.noise) against torch's own Gaussian sampler.
+"""Cost of the canonical noise (randopt_verl.core.noise) against torch's own Gaussian sampler.
 
 RandOpt regenerates the noise once per candidate over every weight, so this is the per-candidate cost
 of building a perturbed model on CPU. Side by side, on the same n (default 134.5M elements):
@@ -37,7 +37,7 @@ import time
 import numba
 import torch
 
-from randopt_verl.noise import NOISE_SPEC, noise, perturbed
+from randopt_verl.core.noise import NOISE_SPEC, noise, perturbed
 
 
 def best_of(fn, repeats: int) -> tuple[float, float]:

@@ -29,10 +29,10 @@ def main() -> int:
     a = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-    from randopt_verl import data, embedded
+    from randopt_verl.assets import data, embedded
     from randopt_verl.inprocess import compose, trainer_session
-    from randopt_verl.population import Candidate
-    from randopt_verl.rundir import Ledger, candidate_row
+    from randopt_verl.core.population import Candidate
+    from randopt_verl.core.rundir import Ledger, candidate_row
     from randopt_verl.trainers.harness import greedy
 
     model = a.model or embedded.default_model_path()

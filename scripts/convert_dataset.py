@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 try:
-    from randopt_verl import data
+    from randopt_verl.assets import data
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from randopt_verl import data
+    from randopt_verl.assets import data
 
 REWARD_FILES = {"gsm8k": "reward_fns/gsm8k.py", "math": "reward_fns/math.py", "countdown": "reward_fns/countdown.py"}
 

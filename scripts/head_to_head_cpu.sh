@@ -10,11 +10,11 @@
 set -euo pipefail
 OUT=$(realpath -m "${1:-head_to_head}")
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-MODEL=$(python -m randopt_verl.embedded)
+MODEL=$(python -m randopt_verl.assets.embedded)
 python - "$OUT" <<'PY'
 import sys
 from pathlib import Path
-from randopt_verl import demo
+from randopt_verl.tools import demo
 demo.write_data(Path(sys.argv[1]))
 PY
 COMMON=(

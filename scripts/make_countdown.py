@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 try:
-    from randopt_verl import data
+    from randopt_verl.assets import data
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from randopt_verl import data
+    from randopt_verl.assets import data
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-target", type=int, default=100, help="largest |target|")
     p.add_argument("--allow-negative", action="store_true", help="allow negative targets")
     p.add_argument("--allow-non-integer", action="store_true", help="allow targets with up to 4 decimals")
-    p.add_argument("--template", default=None, help="prompt template (Python str.format fields, see randopt_verl/data.py)")
+    p.add_argument("--template", default=None, help="prompt template (Python str.format fields, see randopt_verl/assets/data.py)")
     p.add_argument("--lite", action="store_true", help="two-number countdown_lite items for tiny models")
     args = p.parse_args(argv)
 

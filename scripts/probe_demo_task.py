@@ -15,7 +15,7 @@ Phases (all generation batched: every prompt of a set in one left-padded greedy 
 The noise here is a plain ``p.add_(sigma * torch.randn_like(p, generator=g))`` over every parameter (the tied
 embedding/lm_head once), restored by copying the base weights back; the project's real noise module is separate.
 
-Runs behind the findings below (model: ``python -m randopt_verl.embedded``; ``--model`` was that folder):
+Runs behind the findings below (model: ``python -m randopt_verl.assets.embedded``; ``--model`` was that folder):
   wordings:  --wordings-only --n-dev 64 [--order natural] [--max-operand 9] --wordings ...
   main:      --order natural --wordings w4                                            (631.8 s)
   more σ=3e-3 candidates (selection only + top-2 on test):
@@ -170,7 +170,7 @@ def say(msg):
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None, help="HF folder (default: randopt_verl.embedded.default_model_path())")
+    ap.add_argument("--model", default=None, help="HF folder (default: randopt_verl.assets.embedded.default_model_path())")
     ap.add_argument("--wordings", default="w1,w2,w3")
     ap.add_argument("--n-dev", type=int, default=64)
     ap.add_argument("--n-sel", type=int, default=64)
@@ -197,7 +197,7 @@ def main() -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if args.model is None:
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-        from randopt_verl.embedded import default_model_path
+        from randopt_verl.assets.embedded import default_model_path
         args.model = default_model_path()
     t = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(args.model, padding_side="left")

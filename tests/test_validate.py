@@ -11,7 +11,7 @@ from randopt_verl.inprocess import compose
 from randopt_verl.validate import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-REWARD = str(ROOT / "tests" / "assets" / "toy_reward.py")
+REWARD = str(ROOT / "tests" / "fixtures" / "toy_reward.py")
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_file_errors_name_the_fix(base, tmp_path):
         compose(base + ["trainer=randopt", f"reward.custom_reward_function.path={broken}"])
     with pytest.raises(ConfigError, match="defines no function 'score_it'"):
         compose(base + ["trainer=randopt", "reward.custom_reward_function.name=score_it"])
-    with pytest.raises(ConfigError, match="randopt_verl.embedded"):
+    with pytest.raises(ConfigError, match="randopt_verl.assets.embedded"):
         compose(base + ["trainer=randopt", f"actor_rollout_ref.model.path={tmp_path / 'no_model'}"])
 
 

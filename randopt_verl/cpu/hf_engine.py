@@ -119,7 +119,7 @@ class HFEngine:
 
     def set_candidate(self, seed: Optional[int], sigma: float = 0.0, param_filter=None) -> None:
         """Hold pristine + σ·ε(seed) (the canonical noise), or the pristine weights when seed is None."""
-        from randopt_verl.population import Candidate, ParamFilter, perturb_module_
+        from randopt_verl.core.population import Candidate, ParamFilter, perturb_module_
 
         cand = None if seed is None else Candidate(index=-1, seed=int(seed), sigma=float(sigma))
         with self.lock:

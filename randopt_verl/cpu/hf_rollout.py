@@ -103,7 +103,7 @@ class HFServer:
         return n
 
     async def set_candidate(self, seed: Optional[int], sigma: float = 0.0, include=None, exclude=None):
-        from randopt_verl.population import ParamFilter
+        from randopt_verl.core.population import ParamFilter
 
         self.engine.set_candidate(seed, sigma, ParamFilter(include, exclude))
         return self.engine.candidate

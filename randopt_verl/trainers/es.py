@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 
-from randopt_verl.es_update import zscore
-from randopt_verl.population import Candidate
+from randopt_verl.core.es_update import zscore
+from randopt_verl.core.population import Candidate
 from randopt_verl.trainers.harness import SearchTrainer, greedy, keep_until
 
 logger = logging.getLogger(__name__)

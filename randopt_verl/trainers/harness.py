@@ -30,8 +30,8 @@ from verl import DataProto
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
 from randopt_verl import validate
-from randopt_verl.population import Candidate
-from randopt_verl.rundir import normalise_reward
+from randopt_verl.core.population import Candidate
+from randopt_verl.core.rundir import normalise_reward
 from randopt_verl.workers import use_search_worker
 
 logger = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 
-from randopt_verl import noise, vote
-from randopt_verl.population import Candidate, sample_population
-from randopt_verl.rundir import Ledger, RunDir, candidate_row, fingerprint_files, hash_rows, model_files, verify_rows
+from randopt_verl.core import noise, vote
+from randopt_verl.core.population import Candidate, sample_population
+from randopt_verl.core.rundir import Ledger, RunDir, candidate_row, fingerprint_files, hash_rows, model_files, verify_rows
 from randopt_verl.trainers.harness import Cost, PromptSet, SearchTrainer, greedy, sampled
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class RandOptTrainer(SearchTrainer):
         print(table)
         self.log(_flat_metrics(results))
         if ro.plots:
-            from randopt_verl import plots
+            from randopt_verl.tools import plots
 
             for path in plots.draw(run.path):
                 print(f"randopt: wrote {path}")

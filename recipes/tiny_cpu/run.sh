@@ -4,7 +4,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); REPO=$(cd "$HERE/../.." && pwd)
 METHOD=${1:-randopt}; shift || true
-[ -d "$HERE/tiny" ] || python -m randopt_verl.tiny_model "$HERE/tiny"
+[ -d "$HERE/tiny" ] || python -m randopt_verl.assets.tiny_model "$HERE/tiny"
 [ -f "$HERE/data/train.parquet" ] || python "$REPO/scripts/make_countdown.py" --lite --out-dir "$HERE/data" --n-train 16 --n-val 16
 exec python -m randopt_verl.main trainer="$METHOD" hardware=cpu \
   actor_rollout_ref.model.path="$HERE/tiny" data.train_files="$HERE/data/train.parquet" data.val_files="$HERE/data/test.parquet" \

@@ -63,7 +63,7 @@ def test_sampling_differs_from_greedy_and_is_valid(engine, prompts):
 
 
 def test_candidate_then_restore_is_bitwise_pristine(engine):
-    from randopt_verl import noise
+    from randopt_verl.core import noise
 
     before = engine.named_weights()
     engine.set_candidate(seed=123, sigma=0.01)

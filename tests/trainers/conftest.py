@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TOY_REWARD = str(ROOT / "tests" / "assets" / "toy_reward.py")
+TOY_REWARD = str(ROOT / "tests" / "fixtures" / "toy_reward.py")
 
 os.environ["RANDOPT_VERL_ROLLOUT_THREADS"] = "1"
 

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from randopt_verl.es_update import es_update_
+from randopt_verl.core.es_update import es_update_
 from randopt_verl.inprocess import compose, trainer_session
 
 pytestmark = pytest.mark.slow

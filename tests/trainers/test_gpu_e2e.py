@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from randopt_verl.inprocess import compose, trainer_session
-from randopt_verl.rundir import Ledger, read_json
+from randopt_verl.core.rundir import Ledger, read_json
 
 pytestmark = [
     pytest.mark.gpu,

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from randopt_verl import noise
-from randopt_verl.population import Candidate, ParamFilter, tied_aliases
-from randopt_verl.rundir import Ledger, read_json
+from randopt_verl.core import noise
+from randopt_verl.core.population import Candidate, ParamFilter, tied_aliases
+from randopt_verl.core.rundir import Ledger, read_json
 
 from randopt_verl.inprocess import compose, trainer_session
 

@@ -1,4 +1,4 @@
-"""Tests of randopt_verl.embedded: the special-token fix, the atomic cache, and (slow) the real fetch+convert.
+"""Tests of randopt_verl.assets.embedded: the special-token fix, the atomic cache, and (slow) the real fetch+convert.
 
 Everything except the last test runs offline on tiny models built here: a tiny Qwen2 + byte-level BPE tokenizer
 for the token fix, and a tiny llama GGUF (written with gguf-py, same tokenizer layout and special-token ids as
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from randopt_verl import embedded
-from randopt_verl.embedded import ENDOFTEXT, IM_END, IM_START
+from randopt_verl.assets import embedded
+from randopt_verl.assets.embedded import ENDOFTEXT, IM_END, IM_START
 
 SPECIALS = [ENDOFTEXT, IM_START, IM_END]  # ids 0, 1, 2 as in SmolLM2
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from randopt_verl.es_update import es_update_, zscore
-from randopt_verl.noise import noise
+from randopt_verl.core.es_update import es_update_, zscore
+from randopt_verl.core.noise import noise
 
 
 def test_zscore_population_std():
@@ -68,8 +68,8 @@ def test_es_raises_the_reward_of_a_toy_objective():
     import numpy as np
     import torch
 
-    from randopt_verl.es_update import es_update_, zscore
-    from randopt_verl.noise import perturbed
+    from randopt_verl.core.es_update import es_update_, zscore
+    from randopt_verl.core.noise import perturbed
 
     gen = torch.Generator().manual_seed(0)
     target = torch.randn(256, generator=gen)

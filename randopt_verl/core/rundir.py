@@ -5,7 +5,7 @@ Plain data, no Ray, no verl. One directory per search::
     manifest.json   identity of the search + the full resolved config (written once; see below)
     ledger.jsonl    one JSON line per *finished* candidate evaluation, append-only
     topk.json       the current top-K (atomic rewrite)
-    results.json    the final results (atomic rewrite; schema in `randopt_verl.vote`)
+    results.json    the final results (atomic rewrite; schema in `randopt_verl.core.vote`)
 
 Manifest and resume
 -------------------
@@ -75,7 +75,7 @@ returned a non-finite score, does not stop the search. `normalise_reward` turns 
 mean is still over all n prompts, so a candidate that breaks the reward is ranked as if it answered wrong.
 A finite score with a non-finite ``acc`` keeps the score, sets acc 0 and records the error. A reward that
 returns a plain number has ``acc = score`` (verl's convention when no ``acc`` is given) and no ``pred``;
-the fallback extractor `randopt_verl.vote.fallback_pred` is applied when the response text is given.
+the fallback extractor `randopt_verl.core.vote.fallback_pred` is applied when the response text is given.
 """
 
 from __future__ import annotations
@@ -92,11 +92,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from randopt_verl.vote import fallback_pred
+from randopt_verl.core.vote import fallback_pred
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = "randopt_verl.rundir/1"
+MANIFEST_FORMAT = "randopt_verl.core.rundir/1"
 MANIFEST = "manifest.json"
 LEDGER = "ledger.jsonl"
 TOPK = "topk.json"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from randopt_verl.compare import load_run, plot, report
+from randopt_verl.tools.compare import load_run, plot, report
 
 
 def randopt_run(root: Path) -> Path:

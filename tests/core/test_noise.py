@@ -9,8 +9,8 @@ import pytest
 import torch
 from numba import njit
 
-from randopt_verl import noise as N
-from randopt_verl.noise import NOISE_SPEC, noise, perturb_, perturbed, philox_key
+from randopt_verl.core import noise as N
+from randopt_verl.core.noise import NOISE_SPEC, noise, perturb_, perturbed, philox_key
 
 # Random123 known-answer vectors for philox4x32-10: (counter, key, output)
 KAT = [

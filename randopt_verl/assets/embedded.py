@@ -27,7 +27,7 @@ tokenizer's eos/pad and the model config's and generation config's eos_token_id/
 greedy ``generate`` stops at ``<|im_end|>`` and verl (which reads ``tokenizer.eos_token_id``,
 ``tokenizer.pad_token_id`` and the generation config) does the right thing.
 
-API: :func:`default_model_path`, :func:`ensure_model`, and ``python -m randopt_verl.embedded``.
+API: :func:`default_model_path`, :func:`ensure_model`, and ``python -m randopt_verl.assets.embedded``.
 """
 
 from __future__ import annotations
@@ -342,7 +342,7 @@ def _exclusive(lock_path: Path) -> Iterator[bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m randopt_verl.embedded",
+    parser = argparse.ArgumentParser(prog="python -m randopt_verl.assets.embedded",
                                      description="Fetch and convert the embedded default model (SmolLM2-135M-"
                                                  "Instruct) once; print the folder.")
     parser.add_argument("--cache-dir", default=None,

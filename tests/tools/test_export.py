@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from randopt_verl import noise
+from randopt_verl.core import noise
 from randopt_verl.cpu.hf_engine import HFEngine, Sampling
-from randopt_verl.export import EXPERT_RECORD, export_expert
-from randopt_verl.population import ParamFilter
-from randopt_verl.rundir import fingerprint_files, model_files
+from randopt_verl.tools.export import EXPERT_RECORD, export_expert
+from randopt_verl.core.population import ParamFilter
+from randopt_verl.core.rundir import fingerprint_files, model_files
 
 EXPERTS = [
     {"rank": 1, "index": 7, "seed": 123456, "sigma": 0.02, "selection_score": 0.5, "selection_acc": 0.5},
@@ -28,7 +28,7 @@ def fake_run(root: Path, model: str, *, spec: str = noise.NOISE_SPEC, topk: bool
     """A run directory as the randopt trainer leaves it, reduced to what export reads."""
     root.mkdir(parents=True)
     manifest = {
-        "format": "randopt_verl.rundir/1",
+        "format": "randopt_verl.core.rundir/1",
         "identity": {"model_fingerprint": fingerprint_files(model_files(model)), "noise_spec_version": spec,
                      "selection_set_hash": "sha256:x", "search": {}},
         "n_candidates": 10,

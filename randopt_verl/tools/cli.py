@@ -65,7 +65,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from randopt_verl.demo import run
+    from randopt_verl.tools.demo import run
 
     return run(out=args.out, model=args.model, population=args.population)
 
@@ -87,7 +87,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from randopt_verl.export import EXPERT_RECORD, export_expert
+    from randopt_verl.tools.export import EXPERT_RECORD, export_expert
 
     out = export_expert(args.run_dir, args.rank, args.out, model_path=args.model_path, force=args.force)
     print(f"{PROG}: wrote expert rank {args.rank} of {args.run_dir} to {out} (record: {out / EXPERT_RECORD})")
@@ -102,8 +102,9 @@ def _density_args(p: argparse.ArgumentParser) -> None:
 
 
 def _density(args: argparse.Namespace) -> int:
-    from randopt_verl import plots, vote
-    from randopt_verl.rundir import RESULTS, read_json
+    from randopt_verl.tools import plots
+    from randopt_verl.core import vote
+    from randopt_verl.core.rundir import RESULTS, read_json
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -127,7 +128,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from randopt_verl import compare
+    from randopt_verl.tools import compare
 
     runs = [compare.load_run(d) for d in args.run_dirs]
     table = compare.report(runs)

@@ -1,4 +1,4 @@
-"""The run directory (randopt_verl.rundir): manifest identity, the crash-safe ledger, atomic JSON."""
+"""The run directory (randopt_verl.core.rundir): manifest identity, the crash-safe ledger, atomic JSON."""
 
 import json
 import math
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from randopt_verl.rundir import (
+from randopt_verl.core.rundir import (
     Ledger,
     LedgerBusy,
     ManifestMismatch,
@@ -28,7 +28,7 @@ from randopt_verl.rundir import (
     verify_rows,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SEARCH = {"population_seed": 0, "sigmas": [0.001, 0.002], "param_filter": ".*",
           "generation": {"temperature": 0.0, "max_tokens": 256}}
@@ -199,7 +199,7 @@ _CHILD = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, sys.argv[2])
-    from randopt_verl.rundir import Ledger
+    from randopt_verl.core.rundir import Ledger
     led = Ledger(sys.argv[1])
     i = max(led.read().by_index, default=-1) + 1   # resume after the last finished row
     pad = "x" * 20000                              # rows big enough that a kill can land mid-write

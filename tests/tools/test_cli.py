@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from randopt_verl import noise
-from randopt_verl.cli import COMMANDS, main
-from randopt_verl.rundir import Ledger, candidate_row, fingerprint_files, model_files
+from randopt_verl.core import noise
+from randopt_verl.tools.cli import COMMANDS, main
+from randopt_verl.core.rundir import Ledger, candidate_row, fingerprint_files, model_files
 
 RESULTS = {
     "schema_version": 1, "n_candidates": 6, "n_selection": 4, "n_test": 4,
@@ -128,9 +128,9 @@ def test_argparse_errors_exit_2(capsys):
 def test_demo_command_line_is_the_randopt_harness(tmp_path):
     """The demo runs `python -m randopt_verl.main trainer=randopt hardware=cpu ...` and its overrides compose and
     validate (files, reward, every randopt key) before anything runs."""
-    from randopt_verl import demo
+    from randopt_verl.tools import demo
     from randopt_verl.inprocess import compose
-    from randopt_verl.tiny_model import build_tiny_model
+    from randopt_verl.assets.tiny_model import build_tiny_model
 
     model = build_tiny_model(tmp_path / "tiny")
     files = demo.write_data(tmp_path)

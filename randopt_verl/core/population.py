@@ -1,7 +1,7 @@
 """Candidates, which parameters they perturb, and applying them to named tensors or a module.
 
 A candidate is (seed, sigma) and nothing else: its weights are the base weights plus
-``sigma * noise(seed, name, ...)`` for every selected parameter (randopt_verl.noise). Everything here
+``sigma * noise(seed, name, ...)`` for every selected parameter (randopt_verl.core.noise). Everything here
 takes plain data so that the trainers, the weight-sync wrapper and the CPU rollout server share it.
 """
 

@@ -3,7 +3,7 @@
 Population of N seeds evaluated at theta + sigma * eps_n with mean rewards R_n; then
 ``z = (R - mean(R)) / (std(R) + 1e-8)`` (population std) and ``theta <- theta + (alpha / N) * sum_n z_n eps_n``
 with 1/sigma folded into alpha; no mirrored sampling, rank shaping or Adam. eps_n is the canonical
-noise (randopt_verl.noise) of seed_n, so member n's evaluation and its share of the update use the same
+noise (randopt_verl.core.noise) of seed_n, so member n's evaluation and its share of the update use the same
 perturbation, and a shard updated with its offset gets exactly its slice of the full-tensor update.
 """
 

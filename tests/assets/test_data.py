@@ -1,4 +1,4 @@
-"""randopt_verl.data and its CLIs: determinism, reachability, verl's schema (loaded by verl's RLHFDataset),
+"""randopt_verl.assets.data and its CLIs: determinism, reachability, verl's schema (loaded by verl's RLHFDataset),
 converters on small fixture files, clear errors."""
 
 import importlib.util
@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from randopt_verl import data as D
+from randopt_verl.assets import data as D
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load(rel):

@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-from randopt_verl.noise import perturbed
-from randopt_verl.population import (
+from randopt_verl.core.noise import perturbed
+from randopt_verl.core.population import (
     Candidate,
     ParamFilter,
     perturb_module_,

@@ -1,7 +1,7 @@
 """A tiny Qwen2 causal LM with a locally trained byte-level BPE tokenizer and a ChatML template, built offline.
 
 Tests and the CPU smoke recipe use it: no hub, about a second to build, the same code paths as a real model.
-    python -m randopt_verl.tiny_model OUT_DIR        # any CPU
+    python -m randopt_verl.assets.tiny_model OUT_DIR        # any CPU
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from randopt_verl.rundir import Ledger, read_json
+from randopt_verl.core.rundir import Ledger, read_json
 
 
 def draw(run_dir: str | Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Selection, the vote rule and the controls (randopt_verl.vote): plain data, CPU, fast."""
+"""Selection, the vote rule and the controls (randopt_verl.core.vote): plain data, CPU, fast."""
 
 import itertools
 import json
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from randopt_verl.vote import (
+from randopt_verl.core.vote import (
     ensemble_accuracy,
     ensemble_outcomes,
     fallback_pred,
