@@ -1,17 +1,21 @@
 """`trainer=grpo`: verl's own synchronous GRPO trainer, plus the cost counters every method logs.
 
 Nothing of GRPO is re-implemented: this is `PPOTrainerSync` with the shared worker class (`SearchWorker`, which
-only adds methods) and hooks that count cost on the axis RandOpt and ES use: `step` adds the step's rollouts
-(prompt x sample generated for training) and their generated tokens as soon as the step has generated them,
-`on_step_begin` / `_compute_metrics` add the step's wall time, and every logged row carries cumulative
-`cost/rollouts`, `cost/tokens` and `cost/wall_s`. Validation generations are evaluation, not training cost, for all
-three methods.
+only adds methods) and hooks that count cost by the definition RandOpt and ES use (randopt_verl.trainers.harness):
+`step` adds the step's rollouts (prompt x sample generated for training) and their generated tokens as soon as the
+step has generated them; `_compute_metrics` adds the wall time of verl's "step" timer (generation, reward, log-probs,
+update, and the weight sync into the replicas in `on_step_end`) less its "save_checkpoint" part; validation runs
+outside that timer. Every logged row carries cumulative `cost/rollouts`, `cost/tokens` and `cost/wall_s`.
+
+verl's "file" logger writes the run directory's metrics.jsonl (trainer.default_local_dir; name from
+randopt_verl.core.rundir) whichever entry point started the run: `fit` points VERL_FILE_LOGGER_PATH there before verl
+creates the logger, so `randopt-verl compare RUN_DIR` finds it.
 
 Resume is verl's own checkpointing, with two additions so a resumed run's cost and history match an uninterrupted
-one: the counters (through the step being checkpointed; verl saves mid-step, after the update) are saved as
-`cost.json` in each `global_step_N` folder before verl writes its latest-checkpoint tracker, so a checkpoint verl can
-see always has them; and the rows of verl's "file" logger up to the restored step are written back after verl
-reopens that file with "wb" (which would erase them).
+one: the counters (through the step being checkpointed; verl saves mid-step, after the update, so that step's
+weight sync is not in them) are saved as `cost.json` in each `global_step_N` folder before verl writes its
+latest-checkpoint tracker, so a checkpoint verl can see always has them; and the rows of verl's "file" logger up to
+the restored step are written back after verl reopens that file with "wb" (which would erase them).
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ import transfer_queue as tq
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-from randopt_verl.trainers.harness import Cost, keep_until
+from randopt_verl.core.rundir import RunDir, keep_until
+from randopt_verl.trainers.harness import Cost
 from randopt_verl.workers import use_search_worker
 
 log = logging.getLogger(__name__)
 COST_FILE = "cost.json"
+_FILE_LOGGER_ENV = "VERL_FILE_LOGGER_PATH"  # read by verl.utils.tracking.FileLogger
 
 
 @register_trainer("grpo")
@@ -40,6 +46,28 @@ class GRPOTrainer(PPOTrainerSync):
         # and the same worker class serves all three methods
         super()._init_resource_pool_mgr()
         use_search_worker(self)
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.config.trainer.default_local_dir)
+
+    def fit(self, agent_loop_manager):
+        # verl's FileLogger reads VERL_FILE_LOGGER_PATH when fit creates it: the run directory's metrics.jsonl, also
+        # under verl's own entry point (which does not run randopt_verl.main)
+        path = str(self.run.metrics_path)
+        before = os.environ.get(_FILE_LOGGER_ENV)
+        if before not in (None, path):
+            log.warning("%s=%s is replaced by %s (the run directory, where randopt-verl compare reads it)",
+                        _FILE_LOGGER_ENV, before, path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        os.environ[_FILE_LOGGER_ENV] = path
+        try:
+            return super().fit(agent_loop_manager)
+        finally:
+            if before is None:
+                os.environ.pop(_FILE_LOGGER_ENV, None)
+            else:
+                os.environ[_FILE_LOGGER_ENV] = before
 
     # -- cost -------------------------------------------------------------------------------------------------
     def on_step_begin(self):
@@ -57,7 +85,8 @@ class GRPOTrainer(PPOTrainerSync):
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         out = super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
-        self.cost.add(0, 0, float(timing_raw.get("step", 0.0)))
+        # the cost definition's wall time: the step's work, weights-in included, checkpoint I/O excluded
+        self.cost.add(0, 0, float(timing_raw.get("step", 0.0)) - float(timing_raw.get("save_checkpoint", 0.0)))
         metrics.update(self.cost.metrics())
         metrics["meta/method"] = "grpo"
         return out
@@ -90,7 +119,7 @@ class GRPOTrainer(PPOTrainerSync):
             log.warning("%s has no %s (saved without randopt_verl?): cost counters restart from 0", folder, COST_FILE)
         if "file" in list(self.config.trainer.logger):
             # rows logged after this checkpoint (before a crash) are dropped: those steps run again
-            self._kept_rows = keep_until(_file_logger_path(self.config), "step", self.global_steps)
+            self._kept_rows = keep_until(self.run.metrics_path, "step", self.global_steps)
 
     # verl's fit() creates its Tracking as `self.logger = Tracking(...)`; its "file" backend has just truncated
     # the metrics file, so write the kept rows back and continue appending
@@ -108,11 +137,3 @@ class GRPOTrainer(PPOTrainerSync):
         rows = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in self._kept_rows)  # verl's orjson layout
         Path(file_logger.filepath).write_text(rows)
         file_logger.fp = open(file_logger.filepath, "ab", buffering=0)
-
-
-def _file_logger_path(config) -> Path:
-    """Where verl's FileLogger (verl/utils/tracking.py) writes, by its own rule."""
-    if os.getenv("VERL_FILE_LOGGER_PATH"):
-        return Path(os.environ["VERL_FILE_LOGGER_PATH"])
-    root = Path(os.path.expanduser(os.getenv("VERL_FILE_LOGGER_ROOT", ".")))
-    return root / config.trainer.project_name / f"{config.trainer.experiment_name}.jsonl"
