@@ -14,6 +14,7 @@ run::
                        the cumulative cost counters (ES and RandOpt append it themselves; GRPO's verl file logger
                        is pointed here by the GRPO trainer)
     es_iterations.jsonl ES: one row per update (seeds, rewards, z, alpha), enough to recompute it
+    global_step_N/     verl's checkpoints (ES, GRPO); GRPO adds cost.json there: the cost counters as of step N
     density.png, maj_at_k.png   RandOpt's plots (randopt_verl.tools.plots)
 
 Index conventions (ledger and test ledger)
@@ -117,6 +118,7 @@ TOPK = "topk.json"
 RESULTS = "results.json"
 METRICS = "metrics.jsonl"
 ES_ITERATIONS = "es_iterations.jsonl"
+CHECKPOINT_COST = "cost.json"  # GRPO: the cost counters in verl's global_step_N checkpoint folder
 DENSITY_PNG = "density.png"
 MAJ_AT_K_PNG = "maj_at_k.png"
 
@@ -267,20 +269,25 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return contents.rows
 
 
-def keep_until(path: str | os.PathLike, key: str, last: int) -> list[dict]:
-    """Atomically rewrite a JSONL file keeping the rows with ``row[key] <= last`` (a resume from the checkpoint of
-    step ``last`` drops the rows of the steps that run again); returns the kept rows."""
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Replace a JSONL file by ``rows`` atomically (readers see the old file or the new one) and durably."""
     path = Path(path)
-    if not path.exists():
-        return []
-    kept = [r for r in read_jsonl(path) if isinstance(r.get(key), int) and r[key] <= last]
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     with open(tmp, "wb") as f:
-        f.write(b"".join(_line(r) for r in kept))
+        f.write(b"".join(_line(_finite(r)) for r in rows))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def keep_until(path: str | os.PathLike, key: str, last: int) -> list[dict]:
+    """Atomically rewrite a JSONL file keeping the rows with ``row[key] <= last`` (a resume from the checkpoint of
+    step ``last`` drops the rows of the steps that run again); returns the kept rows."""
+    if not Path(path).exists():
+        return []
+    kept = [r for r in read_jsonl(path) if isinstance(r.get(key), int) and r[key] <= last]
+    write_jsonl(path, kept)
     return kept
 
 
@@ -641,6 +648,10 @@ class RunDir:
     @property
     def es_iterations_path(self) -> Path:
         return self.path / ES_ITERATIONS
+
+    def checkpoint_cost_path(self, step: int) -> Path:
+        """cost.json in verl's checkpoint folder of ``step`` (verl names it global_step_N)."""
+        return self.path / f"global_step_{int(step)}" / CHECKPOINT_COST
 
     @property
     def plot_paths(self) -> tuple[Path, Path]:

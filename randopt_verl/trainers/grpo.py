@@ -13,14 +13,13 @@ creates the logger, so `randopt-verl compare RUN_DIR` finds it.
 
 Resume is verl's own checkpointing, with two additions so a resumed run's cost and history match an uninterrupted
 one: the counters (through the step being checkpointed; verl saves mid-step, after the update, so that step's
-weight sync is not in them) are saved as `cost.json` in each `global_step_N` folder before verl writes its
+weight sync is not in them) are saved as `cost.json` in each `global_step_N` folder (`RunDir.checkpoint_cost_path`) before verl writes its
 latest-checkpoint tracker, so a checkpoint verl can see always has them; and the rows of verl's "file" logger up to
 the restored step are written back after verl reopens that file with "wb" (which would erase them).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -30,12 +29,11 @@ import transfer_queue as tq
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-from randopt_verl.core.rundir import RunDir, keep_until
+from randopt_verl.core.rundir import RunDir, atomic_write_json, keep_until, read_json, write_jsonl
 from randopt_verl.trainers.harness import Cost
 from randopt_verl.workers import use_search_worker
 
 log = logging.getLogger(__name__)
-COST_FILE = "cost.json"
 _FILE_LOGGER_ENV = "VERL_FILE_LOGGER_PATH"  # read by verl.utils.tracking.FileLogger
 
 
@@ -93,13 +91,11 @@ class GRPOTrainer(PPOTrainerSync):
 
     # -- resume: cost counters and the file logger's rows ---------------------------------------------------
     def _save_checkpoint(self):
-        folder = Path(self.config.trainer.default_local_dir) / f"global_step_{self.global_steps}"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (COST_FILE + ".tmp")
+        path = self.run.checkpoint_cost_path(self.global_steps)
+        path.parent.mkdir(parents=True, exist_ok=True)
         # this step's wall time so far (the rest of the step, after the save, is not in the checkpoint)
-        cost = Cost(self.cost.rollouts, self.cost.tokens, self.cost.wall_s + time.perf_counter() - self._step_t0)
-        tmp.write_text(json.dumps(vars(cost)))
-        os.replace(tmp, folder / COST_FILE)
+        atomic_write_json(path, vars(Cost(self.cost.rollouts, self.cost.tokens,
+                                          self.cost.wall_s + time.perf_counter() - self._step_t0)))
         super()._save_checkpoint()  # writes verl's latest-checkpoint tracker last
 
     def _load_checkpoint(self):
@@ -108,15 +104,13 @@ class GRPOTrainer(PPOTrainerSync):
         self._kept_rows = []
         if self.global_steps == 0:
             return
+        cost_file = self.run.checkpoint_cost_path(self.global_steps)
         if self.config.trainer.resume_mode == "resume_path":
-            folder = Path(self.config.trainer.resume_from_path)
-        else:
-            folder = Path(self.config.trainer.default_local_dir) / f"global_step_{self.global_steps}"
-        cost_file = folder / COST_FILE
+            cost_file = Path(self.config.trainer.resume_from_path) / cost_file.name
         if cost_file.exists():
-            self.cost = Cost(**json.loads(cost_file.read_text()))
+            self.cost = Cost(**read_json(cost_file))
         else:
-            log.warning("%s has no %s (saved without randopt_verl?): cost counters restart from 0", folder, COST_FILE)
+            log.warning("%s does not exist (saved without randopt_verl?): cost counters restart from 0", cost_file)
         if "file" in list(self.config.trainer.logger):
             # rows logged after this checkpoint (before a crash) are dropped: those steps run again
             self._kept_rows = keep_until(self.run.metrics_path, "step", self.global_steps)
@@ -134,6 +128,5 @@ class GRPOTrainer(PPOTrainerSync):
         if file_logger is None or not self._kept_rows:  # _kept_rows: set by _load_checkpoint in verl's _setup
             return
         file_logger.fp.close()
-        rows = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in self._kept_rows)  # verl's orjson layout
-        Path(file_logger.filepath).write_text(rows)
+        write_jsonl(file_logger.filepath, self._kept_rows)
         file_logger.fp = open(file_logger.filepath, "ab", buffering=0)

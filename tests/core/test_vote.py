@@ -1,7 +1,6 @@
 """Selection, the vote rule and the controls (randopt_verl.core.vote): plain data, CPU, fast."""
 
 import itertools
-import json
 import math
 import os
 import subprocess
