@@ -323,14 +323,17 @@ class SearchTrainer(PPOTrainer):
             parts += [evs[r] for r in chunk]
         return Evaluation.join(parts)
 
-    def generate(self, prompts_by_replica: dict[int, list[list[int]]], sampling: Mapping[int, Sampling]) -> dict[int, list]:
-        """All replicas generate at once; returns {replica: [TokenOutput in prompt order]}."""
+    def generate(self, prompts_by_replica: dict[int, list[list[int]]],
+                 sampling: Union[Sampling, Mapping[int, Sampling]]) -> dict[int, list]:
+        """All replicas generate at once (one sampling for all, or ``{replica: Sampling}``); returns
+        {replica: [TokenOutput in prompt order]}."""
         pending = {}
         for rep in self.replicas:
             prompts = prompts_by_replica.get(rep.replica_rank)
             if not prompts:
                 continue
-            server, params = rep.server_handle, sampling[rep.replica_rank].params()
+            sp = sampling if isinstance(sampling, Sampling) else sampling[rep.replica_rank]
+            server, params = rep.server_handle, sp.params()
             if self.rollout_name == "hf":
                 # one call, fixed ordered batches: results independent of request timing and replica count
                 pending[rep.replica_rank] = server.generate_many.remote(prompts, params)
