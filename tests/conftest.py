@@ -9,6 +9,33 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# every Ray cluster a test starts is its own: never attach to (or, on shutdown, disturb) another cluster on the machine
+os.environ.setdefault("RAY_ADDRESS", "local")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--network", action="store_true", default=False,
+                     help="also run the tests marked network (they download from PyPI or a model hub)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "network: downloads from the internet; skipped unless pytest --network")
+    config.addinivalue_line("markers", "cpu_only: asserts CPU-only behaviour; skipped where CUDA is present")
+
+
+def pytest_collection_modifyitems(config, items):
+    network = None if config.getoption("--network") else pytest.mark.skip(reason="needs the network: pytest --network")
+    cuda = None
+    for item in items:
+        if network is not None and "network" in item.keywords:
+            item.add_marker(network)
+        if "cpu_only" in item.keywords:
+            if cuda is None:
+                import torch
+
+                cuda = torch.cuda.is_available()
+            if cuda:
+                item.add_marker(pytest.mark.skip(reason="asserts CPU-only behaviour and CUDA is present"))
 
 
 @pytest.fixture(scope="session")

@@ -82,6 +82,25 @@ class ParamFilter:
             return False
         return not any(p.search(name) for p in self._exclude)
 
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any] | None) -> ParamFilter:
+        """The filter of a config node ``{include, exclude}`` (randopt.param_filter, es.param_filter); None or an
+        empty node selects every floating tensor. The one place a filter is built from config: the trainer builds
+        it once and passes this object on."""
+        node = node or {}
+        include, exclude = node.get("include"), node.get("exclude")
+        return cls(None if include is None else [str(p) for p in include], [str(p) for p in (exclude or [])])
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"include", "exclude"}``: what the run's identity and an exported expert record."""
+        return {"include": self.include, "exclude": self.exclude}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ParamFilter) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
     def __repr__(self) -> str:
         return f"ParamFilter(include={self.include!r}, exclude={self.exclude!r})"
 

@@ -1,36 +1,54 @@
-"""The run directory: what a RandOpt search has written down (DESIGN decision 4).
+"""The run directory: every file a run writes, their names, the index conventions and the run's identity.
 
-Plain data, no Ray, no verl. One directory per search::
+Plain data, no Ray, no verl. This module is the only place that knows a file name of a run directory; the
+trainers write through `RunDir`, and the tools (compare, plots, export, demo) read through it. One directory per
+run::
 
-    manifest.json   identity of the search + the full resolved config (written once; see below)
-    ledger.jsonl    one JSON line per *finished* candidate evaluation, append-only
-    topk.json       the current top-K (atomic rewrite)
-    results.json    the final results (atomic rewrite; schema in `randopt_verl.core.vote`)
+    manifest.json      identity of the run + the full resolved config (RandOpt and ES; see "Identity")
+    ledger.jsonl       RandOpt: one row per finished selection-set evaluation (index -1: the base model)
+    test_ledger.jsonl  RandOpt: one row per finished test-set evaluation (base, experts, control population,
+                       base self-consistency samples)
+    topk.json          RandOpt: the selected top-K (atomic rewrite)
+    results.json       RandOpt: the final results (atomic rewrite; schema in `randopt_verl.core.vote`)
+    metrics.jsonl      every method: one {"step", "data"} row per logged step (verl's file-logger format), with
+                       the cumulative cost counters (ES and RandOpt append it themselves; GRPO's verl file logger
+                       is pointed here by the GRPO trainer)
+    es_iterations.jsonl ES: one row per update (seeds, rewards, z, alpha), enough to recompute it
+    global_step_N/     verl's checkpoints (ES, GRPO); GRPO adds cost.json there: the cost counters as of step N
+    density.png, maj_at_k.png   RandOpt's plots (randopt_verl.tools.plots)
 
-Manifest and resume
--------------------
-``RunDir.open(path, model_fingerprint=..., noise_spec_version=..., selection_set_hash=..., search=...,
-n_candidates=..., config=...)`` creates the directory and writes ``manifest.json`` on the first call. On
-every later call it compares the *identity* part
+Index conventions (ledger and test ledger)
+------------------------------------------
+Candidate ``i`` of the population has index ``i >= 0``. `BASE` (-1) is the base model's greedy evaluation;
+`base_sample_index(s)` (-2 - s) is the base model's s-th sampled answer set (base self-consistency). A row with
+index ``i >= n_candidates`` belongs to a larger population of an earlier start and is ignored by `finished`.
 
-    {"model_fingerprint", "noise_spec_version", "selection_set_hash", "search": {...}}
+Identity
+--------
+``RunDir.open(path, identity=..., test_identity=..., n_candidates=..., config=...)`` creates the directory and
+writes ``manifest.json`` on the first call. ``identity`` is whatever defines the candidates and their scores (model
+fingerprint, noise spec, selection-set hash, search settings, rollout backend, dtype and TP, reward); on every later
+call it is compared with the stored one and a difference raises `ManifestMismatch` (a ``ValueError``) naming each
+differing key (nested keys dotted, e.g. ``search.sigmas``) with its old and new value, and the two ways out: a new
+run directory, or the old settings back.
 
-with the stored one and raises `ManifestMismatch` (a ``ValueError``) naming each differing key (nested
-keys dotted, e.g. ``search.sigmas``) with its old and new value, and the two ways out: a new run directory,
-or the old settings back. ``search`` is whatever the caller says defines the candidates and their scores
-(population seed, sigmas, parameter filter, generation settings, reward, prompt template...).
+``test_identity`` is what defines the test answers (test-set hash, their generation settings, the base samples'
+temperature). It is kept apart so that a changed test set never silently reuses the old test answers and never
+costs the search: when it differs and ``test_ledger.jsonl`` holds answers, `open` raises `TestSetChanged` naming
+the keys, whose fix is to delete ``test_ledger.jsonl`` (the test answers are recomputed for the new test set; the
+search's ledger is kept) or to restore the old values; when no test answer exists yet, the manifest simply takes
+the new test identity.
 
 **N is not identity.** The population is prefix-stable (candidate ``i``'s ``(seed, sigma)`` does not depend
 on N), so a run may be resumed with a larger N (extend the search) or a smaller one (rows with
 ``index >= N`` stay in the ledger and are ignored by `RunDir.finished`). Pass N as ``n_candidates``, never
-inside ``search``. A change of N is the one thing that rewrites the manifest (``n_candidates`` and an entry
+inside ``identity``. A change of N is the one thing that rewrites the manifest (``n_candidates`` and an entry
 in ``n_candidates_history``). Because that argument rests on another module's promise, each ledger row also
 carries its ``seed`` and ``sigma``, and `verify_rows` checks them against the population being resumed:
 a population whose candidate ``i`` moved is refused instead of silently mixed.
 
 The ``config`` part (the full resolved config) is informational: it is written at creation and never
-compared, so changing e.g. logging or the number of rollout replicas does not block a resume. Anything
-that changes which candidates exist or how they score belongs in ``search``.
+compared, so changing e.g. logging or the number of rollout replicas does not block a resume.
 
 Fingerprints
 ------------
@@ -43,39 +61,37 @@ same architecture has exactly the same header and sizes, and telling it apart fr
 point of the fingerprint. `model_files` lists the files of an HF model directory that can change results
 (weights, configs, tokenizer and chat template).
 
-`hash_rows` hashes a list of JSON-serialisable rows (the selection set) in order, canonically (sorted keys,
-numpy scalars/arrays converted), so the same parquet rows give the same hash on any machine.
+`hash_rows` hashes a list of JSON-serialisable rows (the selection or test set) in order, canonically (sorted
+keys, numpy scalars/arrays converted), so the same parquet rows give the same hash on any machine.
 
-Ledger
-------
-`Ledger.append(row)` writes one line with a single ``write`` on an ``O_APPEND`` descriptor, then
-``fsync``s, before returning: a candidate counts as evaluated only once its row is on disk. The first
-append of a process takes an exclusive ``flock`` on the ledger (a second trainer on the same run directory
-fails with `LedgerBusy`) and cuts off a torn final line (bytes after the last newline, left by a writer
-killed mid-write), so the next row never glues onto it. `Ledger.read` is read-only and tolerant: it ignores
-a torn final line, skips (and reports) any complete line that is not a JSON object with an integer
-``index``, and de-duplicates by candidate index, first row wins, reporting the later ones. A skipped or
-dropped row only means that candidate is evaluated again, which is safe.
+JSONL files
+-----------
+One reader and one writer for every JSONL file here. `append_jsonl` writes one line with a single ``write`` on an
+``O_APPEND`` descriptor and ``fsync``s it before returning: a row counts only once it is on disk. `read_jsonl` is
+tolerant: it ignores a torn final line (a writer killed mid-write) and skips, reporting them, complete lines that
+are not JSON objects. `keep_until` rewrites a file atomically keeping the rows up to a step (a resume from a
+checkpoint drops the rows of the steps that will run again).
+
+`Ledger` adds to that: its first append of a process takes an exclusive ``flock`` (a second trainer on the same
+run directory fails with `LedgerBusy`) and cuts off a torn final line, so the next row never glues onto it;
+`Ledger.read` also skips rows without an integer ``index`` and de-duplicates by index, first row wins. A skipped
+or dropped row only means that candidate is evaluated again, which is safe.
 
 Ledger row (built by `candidate_row`)::
 
     {"index": int, "seed": int, "sigma": float,
-     "score": float,      # mean reward over the n selection prompts (errored samples count 0)
+     "score": float,      # mean reward over the n prompts (errored samples count 0)
      "acc": float,        # mean acc over the n prompts (errored samples count 0)
      "n": int, "n_errors": int,
-     "errors": [{"prompt": int, "error": str}, ...],   # first MAX_ERRORS_KEPT, text capped
+     "errors": [{"prompt": int, "error": str}, ...],   # first MAX_ERRORS_KEPT
      "tokens": int, "wall_s": float, "time": float (unix),
      # optional, keep_per_prompt=True:
      "scores": [float], "accs": [float], "preds": [str | null],
      ... caller's extra fields}
 
-Rewards that fail (DESIGN decision 5 meets decision 4): a reward function that raised on a sample, or
-returned a non-finite score, does not stop the search. `normalise_reward` turns that sample into
-``score = 0, acc = 0, pred = None`` (abstain) with the error text, and the row carries the error; the
-mean is still over all n prompts, so a candidate that breaks the reward is ranked as if it answered wrong.
-A finite score with a non-finite ``acc`` keeps the score, sets acc 0 and records the error. A reward that
-returns a plain number has ``acc = score`` (verl's convention when no ``acc`` is given) and no ``pred``;
-the fallback extractor `randopt_verl.core.vote.fallback_pred` is applied when the response text is given.
+A sample's score, acc, pred and error come from `randopt_verl.core.vote.normalise_reward`. ``wall_s`` is the row's
+share of the cost definition's wall time (see `randopt_verl.trainers.harness`), so the ledger replays the cost of
+a resumed run.
 """
 
 from __future__ import annotations
@@ -92,18 +108,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from randopt_verl.core.vote import fallback_pred
-
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = "randopt_verl.core.rundir/1"
+MANIFEST_FORMAT = "randopt_verl.core.rundir/2"
 MANIFEST = "manifest.json"
 LEDGER = "ledger.jsonl"
+TEST_LEDGER = "test_ledger.jsonl"
 TOPK = "topk.json"
 RESULTS = "results.json"
+METRICS = "metrics.jsonl"
+ES_ITERATIONS = "es_iterations.jsonl"
+CHECKPOINT_COST = "cost.json"  # GRPO: the cost counters in verl's global_step_N checkpoint folder
+DENSITY_PNG = "density.png"
+MAJ_AT_K_PNG = "maj_at_k.png"
+
+BASE = -1  # ledger index of the base model's greedy evaluation
+
+
+def base_sample_index(s: int) -> int:
+    """Test-ledger index of the base model's s-th sampled answer set (base self-consistency)."""
+    return -2 - int(s)
+
+
+def base_sample_number(index: int) -> int:
+    """The sample number s of test-ledger index ``base_sample_index(s)``."""
+    return -2 - int(index)
+
 
 MAX_ERRORS_KEPT = 20
-MAX_ERROR_CHARS = 500
 _HASH_BLOCK = 8 << 20
 
 
@@ -171,6 +203,92 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+# -------------------------------------------------------------------------------------------- JSONL
+
+
+def _line(row: Any) -> bytes:
+    """One compact strict-JSON line (a NaN raises ValueError: JSON has no such number)."""
+    return (json.dumps(row, separators=(",", ":"), ensure_ascii=False, default=_json_default, allow_nan=False)
+            + "\n").encode()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
+def append_jsonl(path: str | os.PathLike, row: Mapping[str, Any]) -> None:
+    """Append one row as a line and fsync it before returning (non-finite floats are written as null)."""
+    data = _line(_finite(row))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class JsonlContents:
+    rows: list[dict]  # the JSON objects, in file order
+    linenos: list[int] = field(default_factory=list)  # the 1-based line number of each row
+    bad_lines: list[int] = field(default_factory=list)  # 1-based numbers of complete lines that are not objects
+    torn_tail: bool = False  # bytes after the last newline were ignored
+
+
+def _parse_jsonl(data: bytes) -> JsonlContents:
+    lines = data.split(b"\n")
+    out = JsonlContents(rows=[], torn_tail=bool(lines[-1].strip()))
+    for lineno, raw in enumerate(lines[:-1], start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            row = None
+        if isinstance(row, dict):
+            out.rows.append(row)
+            out.linenos.append(lineno)
+        else:
+            out.bad_lines.append(lineno)
+    return out
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The JSON-object rows of a JSONL file ([] if it does not exist); a torn final line is ignored, other
+    unreadable lines are skipped with a warning."""
+    try:
+        contents = _parse_jsonl(Path(path).read_bytes())
+    except FileNotFoundError:
+        return []
+    if contents.bad_lines:
+        log.warning("%s: lines %s are not JSON objects; skipped", path, contents.bad_lines)
+    return contents.rows
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Replace a JSONL file by ``rows`` atomically (readers see the old file or the new one) and durably."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(b"".join(_line(_finite(r)) for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def keep_until(path: str | os.PathLike, key: str, last: int) -> list[dict]:
+    """Atomically rewrite a JSONL file keeping the rows with ``row[key] <= last`` (a resume from the checkpoint of
+    step ``last`` drops the rows of the steps that run again); returns the kept rows."""
+    if not Path(path).exists():
+        return []
+    kept = [r for r in read_jsonl(path) if isinstance(r.get(key), int) and r[key] <= last]
+    write_jsonl(path, kept)
+    return kept
 
 
 # ------------------------------------------------------------------------------------- fingerprints
@@ -257,6 +375,22 @@ class ManifestMismatch(ValueError):
             "old values above to resume this one."
         )
         super().__init__("\n".join(lines))
+
+
+class TestSetChanged(ManifestMismatch):
+    """The test set or its generation settings changed while the run directory holds test answers for the old one."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, run_dir: Path, diffs: list[tuple[str, Any, Any]]):
+        self.run_dir = run_dir
+        self.diffs = diffs
+        lines = [f"run directory {run_dir} holds test answers for another test set or test settings; refusing to "
+                 f"reuse them. Differences:"]
+        lines += [f"  {key}: old {_show(old)} -> new {_show(new)}" for key, old, new in diffs]
+        lines.append(f"Fix: delete {run_dir / TEST_LEDGER} to answer the new test set (the search's {LEDGER} is kept "
+                     "and not re-run), or restore the old values above.")
+        ValueError.__init__(self, "\n".join(lines))
 
 
 _ABSENT = object()
@@ -367,14 +501,8 @@ class Ledger:
         """Write one row and fsync it; the row counts only once this returns."""
         if not isinstance(row.get("index"), int) or isinstance(row.get("index"), bool):
             raise ValueError(f"ledger row needs an integer 'index', got {row.get('index')!r}")
-        data = (json.dumps(row, separators=(",", ":"), ensure_ascii=False, default=_json_default,
-                           allow_nan=False) + "\n").encode()
-        fd = self._open_for_append()
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
+        data = _line(row)  # strict: a NaN in a ledger row is a bug upstream, not a row
+        _write_all(self._open_for_append(), data)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -390,32 +518,23 @@ class Ledger:
     # -- reading
     def read(self) -> LedgerContents:
         """All finished rows, tolerant of a torn tail and duplicates (see the module docstring)."""
-        out = LedgerContents(rows=[])
         try:
-            data = self.path.read_bytes()
+            parsed = _parse_jsonl(self.path.read_bytes())
         except FileNotFoundError:
-            return out
-        lines = data.split(b"\n")
-        if lines[-1]:
-            out.torn_tail = True
+            return LedgerContents(rows=[])
+        out = LedgerContents(rows=[], bad_lines=parsed.bad_lines, torn_tail=parsed.torn_tail)
         seen: set[int] = set()
-        for lineno, raw in enumerate(lines[:-1], start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                out.bad_lines.append(lineno)
-                continue
-            idx = row.get("index") if isinstance(row, dict) else None
+        for lineno, row in zip(parsed.linenos, parsed.rows):
+            idx = row.get("index")
             if not isinstance(idx, int) or isinstance(idx, bool):
-                out.bad_lines.append(lineno)
+                out.bad_lines.append(lineno)  # a JSON object without an integer index
                 continue
             if idx in seen:
                 out.duplicates.append(row)
                 continue
             seen.add(idx)
             out.rows.append(row)
+        out.bad_lines.sort()
         if out.torn_tail or out.bad_lines or out.duplicates:
             log.warning(
                 "ledger %s: torn tail ignored=%s, unreadable lines=%s, duplicate rows dropped=%s (first wins)",
@@ -424,46 +543,7 @@ class Ledger:
         return out
 
 
-# ------------------------------------------------------------------------------------ reward samples
-
-
-def _error_text(err: Any) -> str:
-    text = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
-
-
-def normalise_reward(result: Any, response: str | None = None) -> dict:
-    """One sample's reward outcome as ``{"score", "acc", "pred", "error"}`` (see module docstring).
-
-    ``result`` is what the verl reward function returned (a number or a dict with ``score`` and optionally
-    ``acc`` and ``pred``), or the exception it raised. ``response`` (the decoded response text) enables the
-    fallback vote key when the reward gives no ``pred``.
-    """
-    if isinstance(result, BaseException):
-        return {"score": 0.0, "acc": 0.0, "pred": None, "error": _error_text(result)}
-    pred: Any = None
-    try:
-        if isinstance(result, Mapping):
-            if "score" not in result:
-                raise KeyError(f"reward dict has no 'score' (keys: {sorted(result)})")
-            score = float(result["score"])
-            acc = float(result["acc"]) if result.get("acc") is not None else score
-            pred = result.get("pred")
-        else:
-            score = float(result)
-            acc = score
-    except (TypeError, ValueError, KeyError) as e:
-        return {"score": 0.0, "acc": 0.0, "pred": None, "error": _error_text(e)}
-    if not math.isfinite(score):
-        return {"score": 0.0, "acc": 0.0, "pred": None, "error": f"reward returned a non-finite score ({score})"}
-    error = None
-    if not math.isfinite(acc):
-        error, acc = f"reward returned a non-finite acc ({acc})", 0.0
-    if pred is None and response is not None:
-        pred = fallback_pred(response)
-    if pred is not None and not isinstance(pred, str):
-        pred = str(pred)
-    return {"score": score, "acc": acc, "pred": pred, "error": error}
+# ------------------------------------------------------------------------------------ ledger rows
 
 
 def candidate_row(
@@ -536,83 +616,134 @@ def verify_rows(rows: Iterable[Mapping[str, Any]], candidates: Any) -> None:
 
 
 class RunDir:
-    """A run directory opened for a search (see the module docstring). Use `RunDir.open`."""
+    """A run directory: its file names, and (through `RunDir.open`) its identity. See the module docstring.
 
-    def __init__(self, path: Path, manifest: dict):
-        self.path = path
+    ``RunDir(path)`` only names the files (the tools read finished runs that way); ``RunDir.open`` is how a trainer
+    starts or resumes a run.
+    """
+
+    def __init__(self, path: str | os.PathLike, manifest: dict | None = None):
+        self.path = Path(path)
         self.manifest = manifest
-        self.ledger = Ledger(path / LEDGER)
+        self.ledger = Ledger(self.path / LEDGER)
+        self.test_ledger = Ledger(self.path / TEST_LEDGER)
+
+    # -- file names
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
 
     @property
-    def n_candidates(self) -> int:
-        return self.manifest["n_candidates"]
+    def topk_path(self) -> Path:
+        return self.path / TOPK
 
+    @property
+    def results_path(self) -> Path:
+        return self.path / RESULTS
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def es_iterations_path(self) -> Path:
+        return self.path / ES_ITERATIONS
+
+    def checkpoint_cost_path(self, step: int) -> Path:
+        """cost.json in verl's checkpoint folder of ``step`` (verl names it global_step_N)."""
+        return self.path / f"global_step_{int(step)}" / CHECKPOINT_COST
+
+    @property
+    def plot_paths(self) -> tuple[Path, Path]:
+        return self.path / DENSITY_PNG, self.path / MAJ_AT_K_PNG
+
+    @property
+    def n_candidates(self) -> int | None:
+        return None if self.manifest is None else self.manifest.get("n_candidates")
+
+    # -- identity
     @classmethod
     def open(
         cls,
         path: str | os.PathLike,
         *,
-        model_fingerprint: str,
-        noise_spec_version: str | int,
-        selection_set_hash: str,
-        search: Mapping[str, Any],
-        n_candidates: int,
+        identity: Mapping[str, Any],
+        test_identity: Mapping[str, Any] | None = None,
+        n_candidates: int | None = None,
         config: Mapping[str, Any] | None = None,
     ) -> "RunDir":
-        """Create the run directory, or resume it if its identity matches (else `ManifestMismatch`)."""
+        """Create the run directory, or resume it if its identity matches (else `ManifestMismatch`, or
+        `TestSetChanged` when only the test identity changed and test answers exist)."""
         path = Path(path)
-        identity = _plain({
-            "model_fingerprint": model_fingerprint,
-            "noise_spec_version": noise_spec_version,
-            "selection_set_hash": selection_set_hash,
-            "search": dict(search),
-        })
-        if not isinstance(n_candidates, int) or n_candidates < 1:
+        identity, test_identity = _plain(dict(identity)), _plain(dict(test_identity or {}))
+        if n_candidates is not None and (not isinstance(n_candidates, int) or n_candidates < 1):
             raise ValueError(f"n_candidates must be a positive integer, got {n_candidates!r}")
         path.mkdir(parents=True, exist_ok=True)
-        mpath = path / MANIFEST
-        if not mpath.exists():
-            if (path / LEDGER).exists() and (path / LEDGER).stat().st_size > 0:
+        run = cls(path)
+        if not run.manifest_path.exists():
+            if any(p.exists() and p.stat().st_size > 0 for p in (run.ledger.path, run.test_ledger.path,
+                                                                   run.es_iterations_path)):
                 raise ValueError(
-                    f"{path} has a ledger but no {MANIFEST}: cannot tell what search it belongs to. "
+                    f"{path} has a ledger but no {MANIFEST}: cannot tell what run it belongs to. "
                     "Fix: use a new run directory, or restore the manifest."
                 )
-            manifest = {
+            run.manifest = {
                 "format": MANIFEST_FORMAT,
                 "created": time.time(),
                 "identity": identity,
+                "test_identity": test_identity,
                 "n_candidates": n_candidates,
                 "n_candidates_history": [{"time": time.time(), "n_candidates": n_candidates}],
                 "config": _plain(dict(config or {})),
             }
-            atomic_write_json(mpath, manifest)
-            return cls(path, manifest)
+            atomic_write_json(run.manifest_path, run.manifest)
+            return run
         try:
-            manifest = read_json(mpath)
+            manifest = read_json(run.manifest_path)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{mpath} is not valid JSON ({e}); restore it or use a new run directory") from e
+            raise ValueError(f"{run.manifest_path} is not valid JSON ({e}); restore it or use a new run "
+                             "directory") from e
         if manifest.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"{mpath} has format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}; "
-                             "use a new run directory")
+            raise ValueError(f"{run.manifest_path} has format {manifest.get('format')!r}, expected "
+                             f"{MANIFEST_FORMAT!r} (written by another version of randopt_verl); use a new run "
+                             "directory")
         diffs = _diff(manifest["identity"], identity)
         if diffs:
             raise ManifestMismatch(path, diffs)
+        changed = False
+        test_diffs = _diff(manifest.get("test_identity") or {}, test_identity)
+        if test_diffs:
+            if run.test_ledger.read().rows:
+                raise TestSetChanged(path, test_diffs)
+            log.info("run %s: no test answers yet; the manifest takes the new test identity", path)
+            manifest["test_identity"] = test_identity
+            changed = True
         if manifest["n_candidates"] != n_candidates:
-            log.info("run %s: N %d -> %d (population is prefix-stable)", path, manifest["n_candidates"], n_candidates)
+            log.info("run %s: N %s -> %s (population is prefix-stable)", path, manifest["n_candidates"], n_candidates)
             manifest["n_candidates"] = n_candidates
             manifest["n_candidates_history"].append({"time": time.time(), "n_candidates": n_candidates})
-            atomic_write_json(mpath, manifest)
-        return cls(path, manifest)
+            changed = True
+        if changed:
+            atomic_write_json(run.manifest_path, manifest)
+        run.manifest = manifest
+        return run
 
+    # -- rows and results
     def finished(self) -> dict[int, dict]:
-        """Finished rows of candidates ``0 .. n_candidates-1`` by index (the ledger read, de-duplicated)."""
-        return {i: r for i, r in self.ledger.read().by_index.items() if 0 <= i < self.n_candidates}
+        """Finished candidate rows ``0 .. n_candidates-1`` by index (the ledger read, de-duplicated)."""
+        n = self.n_candidates
+        return {i: r for i, r in self.ledger.read().by_index.items() if i >= 0 and (n is None or i < n)}
 
     def write_topk(self, obj: Any) -> None:
-        atomic_write_json(self.path / TOPK, obj)
+        atomic_write_json(self.topk_path, obj)
 
     def write_results(self, obj: Any) -> None:
-        atomic_write_json(self.path / RESULTS, obj)
+        atomic_write_json(self.results_path, obj)
+
+    def results(self) -> dict | None:
+        """results.json, or None before the run has finished."""
+        return read_json(self.results_path) if self.results_path.exists() else None
 
     def close(self) -> None:
         self.ledger.close()
+        self.test_ledger.close()

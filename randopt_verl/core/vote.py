@@ -39,6 +39,16 @@ Controls
 * `self_consistency`: the base model sampled k times per prompt, ``samples[i][prompt] = (pred, acc)``;
   votes over the first k samples in sample order.
 
+One sample's reward
+-------------------
+`normalise_reward` turns what a verl reward function returned for one response into the sample every vote and
+ledger row is built from: ``{"score", "acc", "pred", "error"}``. A reward function that raised on a sample, or
+returned a non-finite score, does not stop the run: that sample becomes ``score = 0, acc = 0, pred = None``
+(abstain) with the error text (capped at MAX_ERROR_CHARS), so a candidate that breaks the reward is ranked as if
+it answered wrong. A finite score with a non-finite ``acc`` keeps the score, sets acc 0 and records the error. A
+reward that returns a plain number has ``acc = score`` (verl's convention when no ``acc`` is given) and no
+``pred``; then the fallback vote key below is used when the response text is given.
+
 Fallback vote key
 -----------------
 For a custom reward that returns no ``pred``: `fallback_pred(text)` is the last number in the text
@@ -46,10 +56,10 @@ For a custom reward that returns no ``pred``: `fallback_pred(text)` is the last 
 a leading minus counts only when it is not preceded by a letter, digit or closing bracket, so "5-3" gives
 "3"), else the last non-empty line, stripped and lowercased, else "" (which abstains).
 
-results.json schema (what `results_table` renders)
+results.json schema (what `randopt_verl.core.report.results_table` renders)
 ---------------------------------------------------
-Accuracies are fractions in [0, 1]. k-keyed dicts have string keys in JSON ("5"); `results_table` accepts
-int or str keys. Every key except ``base`` may be missing (the row renders as "-").
+Accuracies are fractions in [0, 1]. k-keyed dicts have string keys in JSON ("5"); the report accepts int or
+str keys. Every key except ``base`` may be missing (the row renders as "-").
 
     {
       "schema_version": 1,
@@ -65,13 +75,12 @@ int or str keys. Every key except ``base`` may be missing (the row renders as "-
                                 "n_population": int, "seed": int}},
       "base_maj_at_k": {"<k>": float},     # base model self-consistency, k samples
       "fraction_beating_base_by_sigma": {"<sigma>": {"n": int, "beating": int, "fraction": float}},
-      "cost": {"rollouts": int, "tokens": int, "wall_s": float,
-               "by_phase": {"<phase>": {"rollouts": int, "tokens": int, "wall_s": float}}}  # by_phase optional
+      "cost":      {"rollouts": int, "tokens": int, "wall_s": float},  # the search (see ARCHITECTURE, cost)
+      "test_cost": {"rollouts": int, "tokens": int, "wall_s": float},  # test answers and controls
+      "base_sampling_temperature": float                               # when base_maj_at_k is present
     }
 
-"Best single expert" in the table is the rank-1 expert's test accuracy (chosen on the selection set: an
-honest number); the best test accuracy among the top-K is also shown, labelled as chosen on test (an
-optimistic one). "Beating the base" means a selection score strictly above ``base.selection_score``
+"Beating the base" means a selection score strictly above ``base.selection_score``
 (`fraction_beating_base`).
 """
 
@@ -85,8 +94,7 @@ import numpy as np
 
 __all__ = [
     "rank", "top_k", "vote", "Outcome", "ensemble_outcomes", "ensemble_accuracy", "maj_at_k", "random_k",
-    "self_consistency", "base_maj_at_k", "fallback_pred", "fraction_beating_base", "sigma_key",
-    "results_table",
+    "self_consistency", "base_maj_at_k", "fallback_pred", "normalise_reward", "fraction_beating_base", "sigma_key",
 ]
 
 # ---------------------------------------------------------------------------------------- selection
@@ -250,6 +258,48 @@ def fallback_pred(text: str | None) -> str:
     return ""
 
 
+MAX_ERROR_CHARS = 500
+
+
+def _error_text(err: Any) -> str:
+    text = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def normalise_reward(result: Any, response: str | None = None) -> dict:
+    """One sample's reward outcome as ``{"score", "acc", "pred", "error"}`` (see the module docstring).
+
+    ``result`` is what the verl reward function returned (a number or a dict with ``score`` and optionally
+    ``acc`` and ``pred``), or the exception it raised. ``response`` (the decoded response text) enables the
+    fallback vote key when the reward gives no ``pred``.
+    """
+    if isinstance(result, BaseException):
+        return {"score": 0.0, "acc": 0.0, "pred": None, "error": _error_text(result)}
+    pred: Any = None
+    try:
+        if isinstance(result, Mapping):
+            if "score" not in result:
+                raise KeyError(f"reward dict has no 'score' (keys: {sorted(result)})")
+            score = float(result["score"])
+            acc = float(result["acc"]) if result.get("acc") is not None else score
+            pred = result.get("pred")
+        else:
+            score = float(result)
+            acc = score
+    except (TypeError, ValueError, KeyError) as e:
+        return {"score": 0.0, "acc": 0.0, "pred": None, "error": _error_text(e)}
+    if not math.isfinite(score):
+        return {"score": 0.0, "acc": 0.0, "pred": None, "error": f"reward returned a non-finite score ({score})"}
+    error = None
+    if not math.isfinite(acc):
+        error, acc = f"reward returned a non-finite acc ({acc})", 0.0
+    if pred is None and response is not None:
+        pred = fallback_pred(response)
+    if pred is not None and not isinstance(pred, str):
+        pred = str(pred)
+    return {"score": score, "acc": acc, "pred": pred, "error": error}
+
+
 # ------------------------------------------------------------------------------------------ results
 
 
@@ -270,89 +320,6 @@ def fraction_beating_base(rows: Iterable[Mapping[str, Any]], base_score: float) 
     return dict(sorted(out.items(), key=lambda kv: float(kv[0])))
 
 
-def _pct(x: Any) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{100.0 * float(x):.1f}%"
-
-
-def _by_k(d: Mapping[Any, Any] | None) -> dict[int, Any]:
-    return {int(k): v for k, v in (d or {}).items()}
-
-
-def _md(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
-
-
-def _human(n: Any) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit} ({int(n):,})"
-    return f"{int(n):,}"
-
-
-def _duration(s: Any) -> str:
-    if s is None:
-        return "-"
-    s = float(s)
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return (f"{int(h)}h{int(m):02d}m{sec:04.1f}s" if h else f"{int(m)}m{sec:04.1f}s" if m else f"{sec:.1f}s")
-
-
-def results_table(results: Mapping[str, Any]) -> str:
-    """The printed results table (markdown, columns aligned) for a results.json dict (see module doc)."""
-    base = results.get("base", {})
-    experts = results.get("experts") or []
-    parts = []
-
-    head = [["base model (greedy)", _pct(base.get("test_acc"))]]
-    if experts:
-        e = experts[0]
-        head.append([f"best single expert (rank 1 on selection: #{e.get('index')}, sigma {e.get('sigma')})",
-                     _pct(e.get("test_acc"))])
-        tested = [x for x in experts if x.get("test_acc") is not None]
-        if tested:
-            b = max(tested, key=lambda x: (x["test_acc"], -x.get("rank", 0)))
-            head.append([f"best of top-{len(experts)} on test (chosen on test: optimistic; #{b.get('index')})",
-                         _pct(b["test_acc"])])
-    else:
-        head.append(["best single expert", "-"])
-    for key, label in (("n_candidates", "candidates searched (N)"), ("n_selection", "selection prompts"),
-                       ("n_test", "test prompts")):
-        if key in results:
-            head.append([label, str(results[key])])
-    parts.append(_md(["metric", "value"], head))
-
-    maj, rnd = _by_k(results.get("maj_at_k")), _by_k(results.get("random_k"))
-    bmaj = _by_k(results.get("base_maj_at_k"))
-    ks = sorted(set(maj) | set(rnd) | set(bmaj))
-    if ks:
-        rows = []
-        for k in ks:
-            r = rnd.get(k)
-            rtxt = "-" if r is None else (
-                f"{_pct(r.get('mean'))} ± {_pct(r.get('std'))} ({len(r.get('draws') or [])} draws)")
-            rows.append([str(k), _pct(maj.get(k)), rtxt, _pct(bmaj.get(k))])
-        parts.append(_md(["k", "selected top-k vote", "random-k vote (mean ± std)", "base maj@k"], rows))
-        pops = sorted({r.get("n_population") for r in rnd.values() if r.get("n_population") is not None})
-        if pops:
-            parts.append(f"random-k control drew from {', '.join(map(str, pops))} evaluated candidates")
-
-    fb = results.get("fraction_beating_base_by_sigma") or {}
-    if fb:
-        rows = [[str(s), str(d.get("n", "-")), str(d.get("beating", "-")), _pct(d.get("fraction"))]
-                for s, d in sorted(fb.items(), key=lambda kv: float(kv[0]))]
-        parts.append(_md(["sigma", "candidates", "beating base (selection)", "fraction"], rows))
-
-    cost = results.get("cost") or {}
-    crow = [["total", _human(cost.get("rollouts")), _human(cost.get("tokens")), _duration(cost.get("wall_s"))]]
-    for phase, c in (cost.get("by_phase") or {}).items():
-        crow.append([str(phase), _human(c.get("rollouts")), _human(c.get("tokens")), _duration(c.get("wall_s"))])
-    parts.append(_md(["cost", "rollouts", "generated tokens", "wall time"], crow))
-    return "\n\n".join(parts) + "\n"
+# the table's home is randopt_verl.core.report; this name stays importable for randopt_verl/tools/cli.py until that
+# module imports it from there
+from randopt_verl.core.report import results_table  # noqa: E402,F401

@@ -17,8 +17,8 @@ Formats read:
   largest k reported (labelled "maj@K" in the table); the curve is the base model at cost 0 and that vote at the
   run's total cost (the search spends its budget before any answer exists, so there is no curve in between).
 - ES and GRPO: ``metrics.jsonl``, one ``{"step": int, "data": {...}}`` per line (verl's file logger format; the
-  ES trainer writes it into ``es.run_dir``; for GRPO point ``VERL_FILE_LOGGER_PATH`` at ``RUN_DIR/metrics.jsonl``,
-  or pass the ``.jsonl`` file itself). ``data`` holds the cumulative ``cost/rollouts``, ``cost/tokens`` and
+  ES trainer writes it into ``es.run_dir``, the GRPO trainer points verl's file logger at
+  ``trainer.default_local_dir/metrics.jsonl``; a ``.jsonl`` file may also be passed itself). ``data`` holds the cumulative ``cost/rollouts``, ``cost/tokens`` and
   ``cost/wall_s``, and on validation steps the accuracy: ``val/acc`` (ES) or the mean of every
   ``val-core/<data_source>/acc/mean@1`` (GRPO). A row without cost keys (e.g. verl's validation before training)
   takes the cost of the row before it (0 at the start). The method is ``data["meta/method"]`` when present, else
@@ -26,12 +26,12 @@ Formats read:
   update) is the base accuracy. Unreadable lines (a torn last line of a killed run) are skipped. A RandOpt run
   also writes a metrics.jsonl (its progress); without results.json it is refused as unfinished.
 
-The final point is the last validation: its accuracy at the cost spent when it was measured.
+The final point is the last validation: its accuracy at the cost spent when it was measured. The table is
+rendered by `randopt_verl.core.report.compare_table`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -39,11 +39,11 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from randopt_verl.core.rundir import RESULTS, read_json
+from randopt_verl.core import report as _report
+from randopt_verl.core.rundir import METRICS, RESULTS, RunDir, read_json, read_jsonl
 
 log = logging.getLogger(__name__)
 
-METRICS = "metrics.jsonl"
 METHODS = ("randopt", "es", "grpo")
 _GRPO_ACC = re.compile(r"^val-core/.+/acc/mean@1$")
 _COST_KEYS = ("cost/rollouts", "cost/tokens", "cost/wall_s")
@@ -97,19 +97,9 @@ def _int(x: float | None) -> int | None:
 
 def _read_metrics(path: Path) -> list[tuple[int | None, dict]]:
     rows = []
-    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
-    last = max((i for i, line in enumerate(lines, start=1) if line.strip()), default=0)
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if lineno != last:  # a torn last line (a writer killed mid-line) is expected: skipped quietly
-                log.warning("%s: line %d is not JSON; skipped", path, lineno)
-            continue
-        if not isinstance(row, dict) or not isinstance(row.get("data"), dict):
-            log.warning("%s: line %d is not a {step, data} row; skipped", path, lineno)
+    for row in read_jsonl(path):
+        if not isinstance(row.get("data"), dict):
+            log.warning("%s: a row is not a {step, data} row; skipped", path)
             continue
         step = row.get("step")
         rows.append((step if isinstance(step, int) and not isinstance(step, bool) else None, row["data"]))
@@ -181,66 +171,22 @@ def load_run(run_dir: str | os.PathLike) -> dict:
         return _load_metrics(p, p.stem)
     if not p.is_dir():
         raise FileNotFoundError(f"run directory {p} does not exist")
-    name = p.resolve().name
-    if (p / RESULTS).is_file():
-        return _load_randopt(p / RESULTS, name)
-    if (p / METRICS).is_file():
-        return _load_metrics(p / METRICS, name)
+    name, run = p.resolve().name, RunDir(p)
+    if run.results_path.is_file():
+        return _load_randopt(run.results_path, name)
+    if run.metrics_path.is_file():
+        return _load_metrics(run.metrics_path, name)
     raise FileNotFoundError(
-        f"{p} has neither {RESULTS} (a finished RandOpt run) nor {METRICS} (an ES run, or GRPO with verl's file "
-        "logger pointed there): nothing to compare"
+        f"{p} has neither {RESULTS} (a finished RandOpt run) nor {METRICS} (an ES or GRPO run): nothing to compare"
     )
 
 
 # ------------------------------------------------------------------------------------------- report
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100.0 * x:.1f}%"
-
-
-def _count(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
-
-
-def _duration(s: float | None) -> str:
-    if s is None:
-        return "-"
-    h, rem = divmod(float(s), 3600)
-    m, sec = divmod(rem, 60)
-    return f"{int(h)}h{int(m):02d}m" if h else f"{int(m)}m{int(sec):02d}s" if m else f"{sec:.1f}s"
-
-
 def report(runs: Sequence[Mapping[str, Any]]) -> str:
     """Markdown table of the runs, in the order given."""
-    headers = ["run", "method", "accuracy", "maj@k", "base", "rollouts", "tokens", "wall time"]
-    rows = []
-    for r in runs:
-        f = r["final"]
-        maj = r.get("maj_at_k")
-        rows.append([
-            str(r["name"]), r["method"], f"{_pct(f['accuracy'])} ({r.get('accuracy_label', 'accuracy')})",
-            ", ".join(f"@{k} {_pct(v)}" for k, v in sorted(maj.items())) if maj else "-",
-            _pct(r.get("base_accuracy")), _count(f.get("rollouts")), _count(f.get("tokens")),
-            _duration(f.get("wall_s")),
-        ])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    table = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(row) for row in rows]
-    notes = []
-    if any(r["method"] == "randopt" for r in runs):
-        notes.append("RandOpt accuracy: the selected top-k vote at the largest k reported (maj@K), which answers "
-                     "each test prompt K times; base: the base model's greedy test accuracy. RandOpt cost: the "
-                     "search (the test answers are apart, results.json test_cost).")
-    if any(r["method"] != "randopt" for r in runs):
-        notes.append("ES/GRPO accuracy: the last validation; base: the validation before the first update.")
-    notes.append("Costs are cumulative generated rollouts, generated tokens and wall time up to that accuracy.")
-    return "\n".join(table) + "\n\n" + "\n".join(notes) + "\n"
+    return _report.compare_table(runs)
 
 
 def plot(runs: Sequence[Mapping[str, Any]], out_png: str | os.PathLike) -> Path:

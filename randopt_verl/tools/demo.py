@@ -4,8 +4,9 @@
 It (1) fetches and converts the embedded model once (randopt_verl.assets.embedded), (2) writes the countdown-lite data
 (two numbers, one of + - *, answer with only the expression; reward_fns/countdown.py scores it), (3) runs
 `python -m randopt_verl.main trainer=randopt hardware=cpu <DEMO preset>` - the same verl harness as any run -
-and prints the command, so it can be rerun or changed by hand, and (4) prints the results table with its controls,
-the fraction of candidates beating the base per sigma, the cost, and the plots' file names.
+and prints the command, so it can be rerun or changed by hand, and (4) prints the results table once (rendered by
+randopt_verl.core.report from the run's results.json: controls, the fraction of candidates beating the base per
+sigma, the cost) and the plots' file names.
 Interrupted? Run it again: the run directory's ledger keeps every scored candidate.
 """
 
@@ -20,8 +21,8 @@ from pathlib import Path
 
 from randopt_verl.assets import data as datasets
 from randopt_verl.assets import embedded
-from randopt_verl.core import vote
-from randopt_verl.core.rundir import read_json
+from randopt_verl.core import report
+from randopt_verl.core.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,17 +94,10 @@ def overrides(model: str, data_files: dict, run_dir: Path, preset: dict) -> list
 
 
 def summary(run_dir: Path) -> str:
-    res = read_json(run_dir / "results.json")
-    lines = [vote.results_table(res), ""]
-    lines.append("candidates beating the base on the selection set, per sigma:")
-    for sigma, f in sorted(res.get("fraction_beating_base_by_sigma", {}).items()):
-        lines.append(f"  sigma {sigma}: {f['beating']}/{f['n']} ({f['fraction']:.0%})")
-    c, t = res["cost"], res.get("test_cost", {})
-    lines.append(f"search cost: {c['rollouts']} rollouts, {c['tokens']} generated tokens, {c['wall_s']:.0f} s; "
-                 f"test answers and controls: {t.get('rollouts', 0)} rollouts, {t.get('wall_s', 0):.0f} s")
-    for png in ("density.png", "maj_at_k.png"):
-        if (run_dir / png).exists():
-            lines.append(f"plot: {run_dir / png}")
+    """The results table of the finished run and where its plots are."""
+    run = RunDir(run_dir)
+    lines = [report.results_table(run.results())]
+    lines += [f"plot: {png}" for png in run.plot_paths if png.exists()]
     return "\n".join(lines)
 
 

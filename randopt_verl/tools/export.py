@@ -38,7 +38,7 @@ import torch
 
 from randopt_verl.core import noise
 from randopt_verl.core.population import Candidate, ParamFilter, perturb_module_
-from randopt_verl.core.rundir import MANIFEST, RESULTS, TOPK, atomic_write_json, fingerprint_files, model_files, read_json
+from randopt_verl.core.rundir import RunDir, atomic_write_json, fingerprint_files, model_files, read_json
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,10 @@ class _ParametersAsLoaded(Mapping):
 def _read_run(run_dir: Path) -> tuple[dict, dict]:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    mpath = run_dir / MANIFEST
+    run = RunDir(run_dir)
+    mpath, tpath = run.manifest_path, run.topk_path
     if not mpath.exists():
         raise FileNotFoundError(f"{mpath} not found: {run_dir} is not a RandOpt run directory")
-    tpath = run_dir / TOPK
     if not tpath.exists():
         raise FileNotFoundError(
             f"{tpath} not found: the search in {run_dir} has not finished yet (topk.json is written once every "
@@ -128,14 +128,15 @@ def export_expert(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run = RunDir(run_dir)
     manifest, topk = _read_run(run_dir)
-    expert = _expert(topk, rank, run_dir / TOPK)
+    expert = _expert(topk, rank, run.topk_path)
 
     identity = manifest.get("identity") or {}
     spec = identity.get("noise_spec_version")
     if spec != noise.NOISE_SPEC:
         raise ValueError(
-            f"{run_dir / MANIFEST} records noise spec {spec!r}, but the installed randopt_verl defines "
+            f"{run.manifest_path} records noise spec {spec!r}, but the installed randopt_verl defines "
             f"{noise.NOISE_SPEC!r}: the expert cannot be rebuilt exactly with this version. Install the "
             "randopt_verl version the search ran with."
         )
@@ -146,7 +147,7 @@ def export_expert(
             model_path = config["actor_rollout_ref"]["model"]["path"]
         except (KeyError, TypeError):
             raise ValueError(
-                f"{run_dir / MANIFEST} does not record the base model path (config.actor_rollout_ref.model.path); "
+                f"{run.manifest_path} does not record the base model path (config.actor_rollout_ref.model.path); "
                 "pass it with --model-path"
             ) from None
     model_path = Path(os.path.expanduser(str(model_path)))
@@ -157,9 +158,9 @@ def export_expert(
     if pf is None:  # the same filter is part of the search identity
         pf = (identity.get("search") or {}).get("param_filter")
     if pf is None:
-        raise ValueError(f"{run_dir / MANIFEST} records no parameter filter (config.randopt.param_filter): "
+        raise ValueError(f"{run.manifest_path} records no parameter filter (config.randopt.param_filter): "
                          "cannot tell which parameters the expert perturbs")
-    param_filter = ParamFilter(pf.get("include"), pf.get("exclude"))
+    param_filter = ParamFilter.from_config(pf)
 
     _check_out_dir(out_dir, force, [model_path, run_dir])
 
@@ -174,7 +175,7 @@ def export_expert(
             )
     else:
         log.warning("%s records no model fingerprint; cannot check that %s is the searched base model",
-                    run_dir / MANIFEST, model_path)
+                    run.manifest_path, model_path)
 
     candidate = Candidate(index=int(expert["index"]), seed=int(expert["seed"]), sigma=float(expert["sigma"]))
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
@@ -182,8 +183,8 @@ def export_expert(
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
 
     test_acc = None
-    if (run_dir / RESULTS).exists():
-        for e in read_json(run_dir / RESULTS).get("experts") or []:
+    if run.results_path.exists():
+        for e in read_json(run.results_path).get("experts") or []:
             if int(e.get("rank", -1)) == rank and int(e.get("index", -1)) == candidate.index:
                 test_acc = e.get("test_acc")
     record = {
@@ -195,7 +196,7 @@ def export_expert(
         "seed": candidate.seed,
         "sigma": candidate.sigma,
         "noise_spec": noise.NOISE_SPEC,
-        "param_filter": {"include": param_filter.include, "exclude": param_filter.exclude},
+        "param_filter": param_filter.to_dict(),
         "base_model_path": str(model_path.resolve()),
         "base_model_fingerprint": recorded,
         "dtype": "float32",

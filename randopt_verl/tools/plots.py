@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from randopt_verl.core.rundir import Ledger, read_json
+from randopt_verl.core.rundir import BASE, RunDir
 
 
 def draw(run_dir: str | Path) -> list[Path]:
@@ -21,12 +21,13 @@ def draw(run_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run_dir = Path(run_dir)
-    rows = Ledger(run_dir / "ledger.jsonl").read().by_index
-    base = rows.get(-1)
+    run = RunDir(run_dir)
+    density_png, maj_png = run.plot_paths
+    rows = run.ledger.read().by_index
+    base = rows.get(BASE)
     cands = [r for i, r in rows.items() if i >= 0]
     if not cands:
-        raise ValueError(f"{run_dir}/ledger.jsonl has no scored candidates yet")
+        raise ValueError(f"{run.ledger.path} has no scored candidates yet")
     written = []
 
     sigmas = sorted({r["sigma"] for r in cands})
@@ -42,14 +43,12 @@ def draw(run_dir: str | Path) -> list[Path]:
         ax.set_xlabel("selection score")
         ax.set_ylabel("candidates")
     fig.tight_layout()
-    out = run_dir / "density.png"
-    fig.savefig(out, dpi=110)
+    fig.savefig(density_png, dpi=110)
     plt.close(fig)
-    written.append(out)
+    written.append(density_png)
 
-    results_path = run_dir / "results.json"
-    if results_path.exists():
-        res = read_json(results_path)
+    res = run.results()
+    if res is not None:
         ks = sorted(int(k) for k in res.get("maj_at_k", {}))
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(ks, [res["maj_at_k"][str(k)] for k in ks], "o-", label="selected top-k vote")
@@ -71,8 +70,7 @@ def draw(run_dir: str | Path) -> list[Path]:
         ax.set_ylabel("test accuracy")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        out = run_dir / "maj_at_k.png"
-        fig.savefig(out, dpi=110)
+        fig.savefig(maj_png, dpi=110)
         plt.close(fig)
-        written.append(out)
+        written.append(maj_png)
     return written

@@ -1,22 +1,25 @@
 """`trainer=grpo`: verl's own synchronous GRPO trainer, plus the cost counters every method logs.
 
 Nothing of GRPO is re-implemented: this is `PPOTrainerSync` with the shared worker class (`SearchWorker`, which
-only adds methods) and hooks that count cost on the axis RandOpt and ES use: `step` adds the step's rollouts
-(prompt x sample generated for training) and their generated tokens as soon as the step has generated them,
-`on_step_begin` / `_compute_metrics` add the step's wall time, and every logged row carries cumulative
-`cost/rollouts`, `cost/tokens` and `cost/wall_s`. Validation generations are evaluation, not training cost, for all
-three methods.
+only adds methods) and hooks that count cost by the definition RandOpt and ES use (randopt_verl.trainers.harness):
+`step` adds the step's rollouts (prompt x sample generated for training) and their generated tokens as soon as the
+step has generated them; `_compute_metrics` adds the wall time of verl's "step" timer (generation, reward, log-probs,
+update, and the weight sync into the replicas in `on_step_end`) less its "save_checkpoint" part; validation runs
+outside that timer. Every logged row carries cumulative `cost/rollouts`, `cost/tokens` and `cost/wall_s`.
+
+verl's "file" logger writes the run directory's metrics.jsonl (trainer.default_local_dir; name from
+randopt_verl.core.rundir) whichever entry point started the run: `fit` points VERL_FILE_LOGGER_PATH there before verl
+creates the logger, so `randopt-verl compare RUN_DIR` finds it.
 
 Resume is verl's own checkpointing, with two additions so a resumed run's cost and history match an uninterrupted
-one: the counters (through the step being checkpointed; verl saves mid-step, after the update) are saved as
-`cost.json` in each `global_step_N` folder before verl writes its latest-checkpoint tracker, so a checkpoint verl can
-see always has them; and the rows of verl's "file" logger up to the restored step are written back after verl
-reopens that file with "wb" (which would erase them).
+one: the counters (through the step being checkpointed; verl saves mid-step, after the update, so that step's
+weight sync is not in them) are saved as `cost.json` in each `global_step_N` folder (`RunDir.checkpoint_cost_path`) before verl writes its
+latest-checkpoint tracker, so a checkpoint verl can see always has them; and the rows of verl's "file" logger up to
+the restored step are written back after verl reopens that file with "wb" (which would erase them).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -26,11 +29,12 @@ import transfer_queue as tq
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-from randopt_verl.trainers.harness import Cost, keep_until
+from randopt_verl.core.rundir import RunDir, atomic_write_json, keep_until, read_json, write_jsonl
+from randopt_verl.trainers.harness import Cost
 from randopt_verl.workers import use_search_worker
 
 log = logging.getLogger(__name__)
-COST_FILE = "cost.json"
+_FILE_LOGGER_ENV = "VERL_FILE_LOGGER_PATH"  # read by verl.utils.tracking.FileLogger
 
 
 @register_trainer("grpo")
@@ -40,6 +44,28 @@ class GRPOTrainer(PPOTrainerSync):
         # and the same worker class serves all three methods
         super()._init_resource_pool_mgr()
         use_search_worker(self)
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.config.trainer.default_local_dir)
+
+    def fit(self, agent_loop_manager):
+        # verl's FileLogger reads VERL_FILE_LOGGER_PATH when fit creates it: the run directory's metrics.jsonl, also
+        # under verl's own entry point (which does not run randopt_verl.main)
+        path = str(self.run.metrics_path)
+        before = os.environ.get(_FILE_LOGGER_ENV)
+        if before not in (None, path):
+            log.warning("%s=%s is replaced by %s (the run directory, where randopt-verl compare reads it)",
+                        _FILE_LOGGER_ENV, before, path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        os.environ[_FILE_LOGGER_ENV] = path
+        try:
+            return super().fit(agent_loop_manager)
+        finally:
+            if before is None:
+                os.environ.pop(_FILE_LOGGER_ENV, None)
+            else:
+                os.environ[_FILE_LOGGER_ENV] = before
 
     # -- cost -------------------------------------------------------------------------------------------------
     def on_step_begin(self):
@@ -57,20 +83,19 @@ class GRPOTrainer(PPOTrainerSync):
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         out = super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
-        self.cost.add(0, 0, float(timing_raw.get("step", 0.0)))
+        # the cost definition's wall time: the step's work, weights-in included, checkpoint I/O excluded
+        self.cost.add(0, 0, float(timing_raw.get("step", 0.0)) - float(timing_raw.get("save_checkpoint", 0.0)))
         metrics.update(self.cost.metrics())
         metrics["meta/method"] = "grpo"
         return out
 
     # -- resume: cost counters and the file logger's rows ---------------------------------------------------
     def _save_checkpoint(self):
-        folder = Path(self.config.trainer.default_local_dir) / f"global_step_{self.global_steps}"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (COST_FILE + ".tmp")
+        path = self.run.checkpoint_cost_path(self.global_steps)
+        path.parent.mkdir(parents=True, exist_ok=True)
         # this step's wall time so far (the rest of the step, after the save, is not in the checkpoint)
-        cost = Cost(self.cost.rollouts, self.cost.tokens, self.cost.wall_s + time.perf_counter() - self._step_t0)
-        tmp.write_text(json.dumps(vars(cost)))
-        os.replace(tmp, folder / COST_FILE)
+        atomic_write_json(path, vars(Cost(self.cost.rollouts, self.cost.tokens,
+                                          self.cost.wall_s + time.perf_counter() - self._step_t0)))
         super()._save_checkpoint()  # writes verl's latest-checkpoint tracker last
 
     def _load_checkpoint(self):
@@ -79,18 +104,16 @@ class GRPOTrainer(PPOTrainerSync):
         self._kept_rows = []
         if self.global_steps == 0:
             return
+        cost_file = self.run.checkpoint_cost_path(self.global_steps)
         if self.config.trainer.resume_mode == "resume_path":
-            folder = Path(self.config.trainer.resume_from_path)
-        else:
-            folder = Path(self.config.trainer.default_local_dir) / f"global_step_{self.global_steps}"
-        cost_file = folder / COST_FILE
+            cost_file = Path(self.config.trainer.resume_from_path) / cost_file.name
         if cost_file.exists():
-            self.cost = Cost(**json.loads(cost_file.read_text()))
+            self.cost = Cost(**read_json(cost_file))
         else:
-            log.warning("%s has no %s (saved without randopt_verl?): cost counters restart from 0", folder, COST_FILE)
+            log.warning("%s does not exist (saved without randopt_verl?): cost counters restart from 0", cost_file)
         if "file" in list(self.config.trainer.logger):
             # rows logged after this checkpoint (before a crash) are dropped: those steps run again
-            self._kept_rows = keep_until(_file_logger_path(self.config), "step", self.global_steps)
+            self._kept_rows = keep_until(self.run.metrics_path, "step", self.global_steps)
 
     # verl's fit() creates its Tracking as `self.logger = Tracking(...)`; its "file" backend has just truncated
     # the metrics file, so write the kept rows back and continue appending
@@ -105,14 +128,5 @@ class GRPOTrainer(PPOTrainerSync):
         if file_logger is None or not self._kept_rows:  # _kept_rows: set by _load_checkpoint in verl's _setup
             return
         file_logger.fp.close()
-        rows = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in self._kept_rows)  # verl's orjson layout
-        Path(file_logger.filepath).write_text(rows)
+        write_jsonl(file_logger.filepath, self._kept_rows)
         file_logger.fp = open(file_logger.filepath, "ab", buffering=0)
-
-
-def _file_logger_path(config) -> Path:
-    """Where verl's FileLogger (verl/utils/tracking.py) writes, by its own rule."""
-    if os.getenv("VERL_FILE_LOGGER_PATH"):
-        return Path(os.environ["VERL_FILE_LOGGER_PATH"])
-    root = Path(os.path.expanduser(os.getenv("VERL_FILE_LOGGER_ROOT", ".")))
-    return root / config.trainer.project_name / f"{config.trainer.experiment_name}.jsonl"

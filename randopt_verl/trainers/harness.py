@@ -2,25 +2,31 @@
 
 `SearchTrainer` is a verl V1 `PPOTrainer` whose `_setup` is verl's own (tokenizer, datasets, worker groups,
 rollout replicas, checkpoint engine, reward loop); it changes one thing there, the actor worker class
-(`SearchWorker`, for perturb-at-sync and the ES update), and replaces `fit` in the subclasses. Its helpers:
-- `prompts(dataset, n)`: chat-templated prompt ids of the first n rows, as verl's agent loop would build them;
-- `load_candidates({replica: candidate})`: each replica holds its own candidate (None = base);
-- `generate(prompts by replica, sampling)`: token-in/token-out on each replica's server, all replicas at once;
-- `score(rows, responses)`: verl's reward loop workers (the configured reward function, unchanged), with a
-  failing sample recorded as an error instead of failing the batch;
-- `cost`: rollouts, generated tokens and wall time, counted the same way for every method.
+(`SearchWorker`, for perturb-at-sync and the ES update), and replaces `fit` in the subclasses.
+
+Every phase of RandOpt and ES (search, test answers, base self-consistency samples, ES members, ES validation)
+goes through one primitive, `evaluate({replica: candidate}, prompts, sampling)`: the replicas take their candidates
+(None = the base weights; a replica already holding its candidate is not reloaded), answer their prompts all at
+once, and verl's reward loop scores the answers. `replica_chunks(items)` hands out work R items at a time
+(R = rollout replicas), so every replica works in every phase. Results do not depend on R: a replica's answers
+depend only on its weights, prompts and sampling (greedy, or seeded per request), and prompts are split into
+blocks aligned with the hf engine's batches (`prompt_blocks`).
+
+Cost (the same definition for RandOpt, ES and GRPO): rollouts (prompt x sample generated for the search or for
+training), their generated tokens, and the wall time of the search or training work, weights-in included
+(loading candidates, the update, the sync of updated weights); validation, test answers, controls, checkpoint I/O
+and start-up (model load, the first weight sync of a process) excluded. `Cost` holds the counters; `evaluate` adds
+its timed work to the `Cost` it is given (`self.cost` for the search, `self.test_cost` for test answers).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import ray
@@ -30,16 +36,21 @@ from verl import DataProto
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
 from randopt_verl import validate
-from randopt_verl.core.population import Candidate
-from randopt_verl.core.rundir import normalise_reward
+from randopt_verl.core.population import Candidate, ParamFilter
+from randopt_verl.core.rundir import RunDir, append_jsonl, candidate_row
+from randopt_verl.core.vote import normalise_reward
 from randopt_verl.workers import use_search_worker
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# the hf engine's batch size when engine_kwargs.hf.max_batch_size is not set (randopt_verl/cpu/hf_rollout.py)
+HF_DEFAULT_MAX_BATCH = 64
 
 
 @dataclass
 class Cost:
-    """Cumulative cost on one axis for every method: rollouts (prompt x sample), generated tokens, wall time."""
+    """Cumulative cost on one axis for every method (see the module docstring for what counts)."""
 
     rollouts: int = 0
     tokens: int = 0
@@ -50,8 +61,32 @@ class Cost:
         self.tokens += int(tokens)
         self.wall_s += float(wall_s)
 
+    @contextmanager
+    def timed(self) -> Iterator[None]:
+        """Adds the wall time of the block (work that generates nothing, e.g. the ES update and its sync)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.wall_s += time.perf_counter() - t0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rollouts": self.rollouts, "tokens": self.tokens, "wall_s": round(self.wall_s, 3)}
+
     def metrics(self) -> dict[str, float]:
-        return {"cost/rollouts": self.rollouts, "cost/tokens": self.tokens, "cost/wall_s": round(self.wall_s, 3)}
+        return {f"cost/{k}": v for k, v in self.as_dict().items()}
+
+    @classmethod
+    def from_metrics(cls, data: Mapping[str, Any]) -> "Cost":
+        return cls(int(data["cost/rollouts"]), int(data["cost/tokens"]), float(data["cost/wall_s"]))
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[Mapping[str, Any]]) -> "Cost":
+        """The cost of ledger rows (each row carries its n, tokens and share of the wall time)."""
+        cost = cls()
+        for r in rows:
+            cost.add(r["n"], r["tokens"], r["wall_s"])
+        return cost
 
 
 @dataclass
@@ -61,20 +96,69 @@ class PromptSet:
     ids: list[list[int]]
     rows: list[dict[str, Any]] = field(repr=False)
 
+    def __len__(self) -> int:
+        return len(self.ids)
+
     def identity(self) -> list:
-        # what makes two selection sets the same set: tokens in and the answers they are scored against
+        # what makes two prompt sets the same set: tokens in and the answers they are scored against
         return [[ids, r["data_source"], r["reward_model"].get("ground_truth")] for ids, r in zip(self.ids, self.rows)]
 
+    def blocks(self, size: int) -> list["PromptSet"]:
+        """Consecutive blocks of ``size`` prompts (the last may be shorter)."""
+        return [PromptSet(self.ids[lo : lo + size], self.rows[lo : lo + size]) for lo in range(0, len(self), size)]
 
-def greedy(response_length: int) -> dict[str, Any]:
-    return {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": False,
-            "max_tokens": int(response_length)}
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a replica answers: greedy (temperature 0), or sampled with a per-request seed (vLLM's
+    SamplingParams.seed; the hf engine seeds each batch with it), so samples do not depend on replica count,
+    order or restarts."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    seed: Optional[int] = None
+
+    def params(self) -> dict[str, Any]:
+        p = {"temperature": float(self.temperature), "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0,
+             "logprobs": False, "max_tokens": int(self.max_tokens)}
+        if self.seed is not None:
+            p["seed"] = int(self.seed)
+        return p
+
+    def identity(self) -> dict[str, Any]:
+        return {k: v for k, v in self.params().items() if k != "seed"}
 
 
-def sampled(response_length: int, temperature: float, seed: int) -> dict[str, Any]:
-    """Sampling with a per-request seed, so samples do not depend on replica count, order or restarts."""
-    return {"temperature": float(temperature), "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0,
-            "logprobs": False, "max_tokens": int(response_length), "seed": int(seed)}
+def greedy(response_length: int) -> Sampling:
+    return Sampling(int(response_length))
+
+
+def sampled(response_length: int, temperature: float, seed: int) -> Sampling:
+    return Sampling(int(response_length), float(temperature), int(seed))
+
+
+@dataclass
+class Evaluation:
+    """One replica's answers to its prompts: per-sample reward outcomes (`normalise_reward`), generated tokens, and
+    its share of the wall time of the `evaluate` call."""
+
+    samples: list[dict]
+    tokens: int
+    wall_s: float
+
+    def row(self, index: int, candidate: Optional[Candidate]) -> dict:
+        """The ledger row of this evaluation (base: seed 0, sigma 0)."""
+        seed, sigma = (0, 0.0) if candidate is None else (candidate.seed, candidate.sigma)
+        return candidate_row(index, seed, sigma, self.samples, tokens=self.tokens, wall_s=self.wall_s)
+
+    @staticmethod
+    def join(parts: Sequence["Evaluation"]) -> "Evaluation":
+        """Evaluations of consecutive prompt blocks as one evaluation of the whole prompt set."""
+        return Evaluation([s for p in parts for s in p.samples], sum(p.tokens for p in parts),
+                          sum(p.wall_s for p in parts))
+
+
+_UNKNOWN = object()
 
 
 class SearchTrainer(PPOTrainer):
@@ -84,7 +168,11 @@ class SearchTrainer(PPOTrainer):
         # fail with a fix-it message before any model loads (verl's entry point skips randopt_verl.main)
         validate.check(config)
         super().__init__(config)
-        self.cost = Cost()
+        self.cost = Cost()  # the search or training work (see the module docstring)
+        self.test_cost = Cost()  # test answers and controls (RandOpt), reported apart
+        self.param_filter = ParamFilter()
+        self.how = "sync"
+        self._held: dict[int, Any] = {}  # replica -> the candidate it holds (None: base); missing: unknown
 
     # -- verl hooks -----------------------------------------------------------------------------------------
     def _init_resource_pool_mgr(self):
@@ -114,6 +202,17 @@ class SearchTrainer(PPOTrainer):
             })
         return PromptSet(ids=ids, rows=rows)
 
+    @property
+    def response_length(self) -> int:
+        return int(self.config.actor_rollout_ref.rollout.response_length)
+
+    def rollout_identity(self) -> dict[str, Any]:
+        """What of the rollout changes scores: backend, dtype and tensor parallelism (a run scored on one must not
+        be resumed on another)."""
+        rollout = self.config.actor_rollout_ref.rollout
+        return {"name": str(rollout.name), "dtype": str(rollout.dtype),
+                "tensor_model_parallel_size": int(rollout.tensor_model_parallel_size)}
+
     # -- replicas -------------------------------------------------------------------------------------------
     @property
     def replicas(self) -> list:
@@ -128,9 +227,39 @@ class SearchTrainer(PPOTrainer):
             return "server" if self.rollout_name == "hf" else "sync"
         return setting
 
-    def load_candidates(self, by_replica: dict[int, Optional[Candidate]], *, how: str, param_filter: dict) -> None:
+    def use(self, param_filter: ParamFilter, perturb_at: str) -> None:
+        """The parameter filter and perturbation path every later `evaluate` uses; then the base weights into every
+        replica (vLLM starts with dummy weights; hf takes its pristine copy here). Start-up: not counted as cost."""
+        self.param_filter, self.how = param_filter, self.perturb_at(perturb_at)
+        self.load_base()
+
+    def load_base(self) -> None:
+        """verl's weight sync of the actor's (current) weights into every replica."""
+        self.load_candidates({}, how="sync", param_filter=self.param_filter)
+        self._held = {rep.replica_rank: None for rep in self.replicas}
+
+    def replica_chunks(self, items: Sequence[T]) -> Iterator[dict[int, T]]:
+        """``{replica: item}`` for consecutive groups of R items (R = rollout replicas), in order."""
+        ranks = [rep.replica_rank for rep in self.replicas]
+        for lo in range(0, len(items), len(ranks)):
+            yield dict(zip(ranks, items[lo : lo + len(ranks)]))
+
+    def prompt_blocks(self, prompts: PromptSet) -> list[PromptSet]:
+        """The prompts in blocks to spread over the replicas. On hf, one block is one engine batch, so a prompt is
+        answered in the same batch (the same padding and arithmetic) whatever the replica count; vLLM schedules
+        requests itself (bit-reproducible only with verl's full_determinism), so the prompts are split evenly."""
+        if self.rollout_name == "hf":
+            from randopt_verl.cpu.hf_rollout import hf_options
+
+            size = int(hf_options(self.config.actor_rollout_ref.rollout).get("max_batch_size", HF_DEFAULT_MAX_BATCH))
+        else:
+            size = -(-len(prompts) // len(self.replicas))
+        return prompts.blocks(max(1, size))
+
+    def load_candidates(self, by_replica: dict[int, Optional[Candidate]], *, how: str,
+                        param_filter: ParamFilter) -> None:
         """Make replica r hold by_replica.get(r) (None or missing: the base weights)."""
-        include, exclude = param_filter.get("include"), param_filter.get("exclude")
+        include, exclude = param_filter.include, param_filter.exclude
         if how == "server":
             # hf servers perturb in place from their pristine copy: no weight transfer
             refs = []
@@ -152,26 +281,68 @@ class SearchTrainer(PPOTrainer):
         self.checkpoint_manager.update_weights(self.global_steps)
         ray.get([s.clear_kv_cache.remote() for rep in self.replicas for s in rep.servers])
 
-    def generate(self, prompts_by_replica: dict[int, list[list[int]]], sampling: dict[str, Any]) -> dict[int, list]:
-        """All replicas generate at once; returns {replica: [TokenOutput in prompt order]}."""
+    # -- the evaluation primitive ------------------------------------------------------------------------------
+    def evaluate(
+        self,
+        by_replica: Mapping[int, Optional[Candidate]],
+        prompts: Union[PromptSet, Mapping[int, PromptSet]],
+        sampling: Union[Sampling, Mapping[int, Sampling]],
+        cost: Optional[Cost] = None,
+    ) -> dict[int, Evaluation]:
+        """Replica r takes ``by_replica[r]`` (None: base; not reloaded if it holds it already), answers its prompts
+        (one set for all, or ``{replica: PromptSet}``) with its sampling (one for all, or ``{replica: Sampling}``),
+        and verl's reward loop scores every answer in one call. The wall time (weights-in, generation, scoring) is
+        shared evenly among the replicas, and everything is added to ``cost``."""
+        t0 = time.perf_counter()
+        if any(self._held.get(r, _UNKNOWN) != c for r, c in by_replica.items()):
+            self.load_candidates(dict(by_replica), how=self.how, param_filter=self.param_filter)
+            self._held = {rep.replica_rank: by_replica.get(rep.replica_rank) for rep in self.replicas}
+        ps = {r: prompts if isinstance(prompts, PromptSet) else prompts[r] for r in by_replica}
+        sp = {r: sampling if isinstance(sampling, Sampling) else sampling[r] for r in by_replica}
+        outs = self.generate({r: p.ids for r, p in ps.items()}, sp)
+        order = list(outs)
+        responses = {r: [o.token_ids for o in outs[r]] for r in order}
+        flat = self.score([row for r in order for row in ps[r].rows], [x for r in order for x in responses[r]])
+        wall = (time.perf_counter() - t0) / max(1, len(order))
+        result, lo = {}, 0
+        for r in order:
+            n = len(responses[r])
+            result[r] = Evaluation(flat[lo : lo + n], sum(len(x) for x in responses[r]), wall)
+            lo += n
+            if cost is not None:
+                cost.add(n, result[r].tokens, wall)
+        return result
+
+    def evaluate_spread(self, candidate: Optional[Candidate], prompts: PromptSet, sampling: Sampling,
+                        cost: Optional[Cost] = None) -> Evaluation:
+        """One candidate on a prompt set, its `prompt_blocks` spread over the replicas (each holding the candidate);
+        the blocks' answers joined in prompt order."""
+        parts = []
+        for chunk in self.replica_chunks(self.prompt_blocks(prompts)):
+            evs = self.evaluate({r: candidate for r in chunk}, chunk, sampling, cost)
+            parts += [evs[r] for r in chunk]
+        return Evaluation.join(parts)
+
+    def generate(self, prompts_by_replica: dict[int, list[list[int]]],
+                 sampling: Union[Sampling, Mapping[int, Sampling]]) -> dict[int, list]:
+        """All replicas generate at once (one sampling for all, or ``{replica: Sampling}``); returns
+        {replica: [TokenOutput in prompt order]}."""
         pending = {}
         for rep in self.replicas:
             prompts = prompts_by_replica.get(rep.replica_rank)
             if not prompts:
                 continue
-            server = rep.server_handle
+            sp = sampling if isinstance(sampling, Sampling) else sampling[rep.replica_rank]
+            server, params = rep.server_handle, sp.params()
             if self.rollout_name == "hf":
                 # one call, fixed ordered batches: results independent of request timing and replica count
-                pending[rep.replica_rank] = server.generate_many.remote(prompts, dict(sampling))
+                pending[rep.replica_rank] = server.generate_many.remote(prompts, params)
             else:
                 pending[rep.replica_rank] = [
-                    server.generate.remote(prompt_ids=p, sampling_params=dict(sampling), request_id=uuid.uuid4().hex)
+                    server.generate.remote(prompt_ids=p, sampling_params=dict(params), request_id=uuid.uuid4().hex)
                     for p in prompts
                 ]
-        out = {}
-        for r, ref in pending.items():
-            out[r] = ray.get(ref) if isinstance(ref, list) else ray.get(ref)
-        return out
+        return {r: ray.get(ref) for r, ref in pending.items()}
 
     # -- rewards --------------------------------------------------------------------------------------------
     def decode(self, token_ids: list[int]) -> str:
@@ -224,14 +395,13 @@ class SearchTrainer(PPOTrainer):
         return out
 
     # -- logging --------------------------------------------------------------------------------------------
-    def open_log(self, run_dir, method: str) -> None:
-        """verl's Tracking (console, wandb, ...) plus run_dir/metrics.jsonl, which this trainer appends and
-        fsyncs itself: verl's "file" backend reopens its file with "wb" and would erase a resumed run's rows."""
+    def open_log(self, run: RunDir, method: str) -> None:
+        """verl's Tracking (console, wandb, ...) plus the run directory's metrics.jsonl, which this trainer appends
+        and fsyncs itself: verl's "file" backend reopens its file with "wb" and would erase a resumed run's rows."""
         from verl.utils.tracking import Tracking
 
         self.method = method
-        self.metrics_path = Path(run_dir) / "metrics.jsonl"
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = run.metrics_path
         backends = [b for b in list(self.config.trainer.logger) if b != "file"]
         self.logger = Tracking(
             project_name=self.config.trainer.project_name,
@@ -243,29 +413,4 @@ class SearchTrainer(PPOTrainer):
     def log(self, metrics: dict[str, Any]) -> None:
         metrics = {**metrics, **self.cost.metrics(), "meta/method": self.method}
         self.logger.log(data=metrics, step=self.global_steps)
-        with open(self.metrics_path, "a") as f:  # on disk before the next step starts
-            f.write(json.dumps({"step": self.global_steps, "data": metrics}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def keep_until(path: Path, key: str, last: int) -> list[dict]:
-    """Rewrite a JSONL file keeping rows with row[key] <= last (and dropping a torn final line)."""
-    if not path.exists():
-        return []
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row[key] <= last:
-            kept.append(row)
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    return kept
-
-
-def timed(fn, *args, **kwargs):
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
+        append_jsonl(self.metrics_path, {"step": self.global_steps, "data": metrics})  # on disk before the next step

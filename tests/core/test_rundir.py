@@ -15,18 +15,24 @@ import numpy as np
 import pytest
 
 from randopt_verl.core.rundir import (
+    BASE,
     Ledger,
     LedgerBusy,
     ManifestMismatch,
     RunDir,
+    TestSetChanged,
+    append_jsonl,
     atomic_write_json,
+    base_sample_index,
     candidate_row,
     fingerprint_files,
     hash_rows,
+    keep_until,
     model_files,
-    normalise_reward,
+    read_jsonl,
     verify_rows,
 )
+from randopt_verl.core.vote import normalise_reward
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,11 +40,15 @@ SEARCH = {"population_seed": 0, "sigmas": [0.001, 0.002], "param_filter": ".*",
           "generation": {"temperature": 0.0, "max_tokens": 256}}
 
 
+TEST = {"test_set_hash": "sha256:test", "controls": {"temperature": 0.7}}
+
+
 def _open(path, **over):
     kw = dict(model_fingerprint="sha256:aaa", noise_spec_version=1, selection_set_hash="sha256:sel",
-              search=SEARCH, n_candidates=10, config={"trainer": {"n_replicas": 1}})
+              search=SEARCH, n_candidates=10, config={"trainer": {"n_replicas": 1}}, test=TEST)
     kw.update(over)
-    return RunDir.open(path, **kw)
+    n, config, test = kw.pop("n_candidates"), kw.pop("config"), kw.pop("test")
+    return RunDir.open(path, identity=kw, test_identity=test, n_candidates=n, config=config)
 
 
 def _row(i, score=0.5, **kw):
@@ -102,6 +112,59 @@ def test_n_is_not_identity_grow_and_shrink(tmp_path):
     assert sorted(rd.finished()) == [0, 1]  # rows beyond N stay in the ledger but are not counted
     assert len(rd.ledger.read().rows) == 4
     rd.close()
+
+
+def test_changed_test_set_is_refused_with_the_fix_then_recomputed(tmp_path):
+    rd = _open(tmp_path / "run")
+    rd.ledger.append(_row(0))
+    rd.test_ledger.append(_row(BASE))
+    rd.close()
+    new_test = {"test_set_hash": "sha256:other", "controls": {"temperature": 0.7}}
+    with pytest.raises(TestSetChanged) as ei:
+        _open(tmp_path / "run", test=new_test)
+    msg = str(ei.value)
+    assert 'test_set_hash: old "sha256:test" -> new "sha256:other"' in msg
+    assert f"delete {tmp_path / 'run' / 'test_ledger.jsonl'}" in msg and "is kept" in msg
+    with pytest.raises(TestSetChanged, match=r"controls.temperature: old 0.7 -> new 1.0"):
+        _open(tmp_path / "run", test={"test_set_hash": "sha256:test", "controls": {"temperature": 1.0}})
+    # the fix: the old test answers go, the search's ledger stays and the manifest takes the new test identity
+    (tmp_path / "run" / "test_ledger.jsonl").unlink()
+    rd = _open(tmp_path / "run", test=new_test)
+    assert sorted(rd.finished()) == [0] and rd.manifest["test_identity"] == new_test
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["test_identity"] == new_test
+    rd.close()
+
+
+def test_search_identity_still_refused_before_any_row(tmp_path):
+    _open(tmp_path / "run").close()
+    with pytest.raises(ManifestMismatch) as ei:
+        _open(tmp_path / "run", rollout={"name": "vllm", "dtype": "bfloat16", "tensor_model_parallel_size": 2})
+    assert not isinstance(ei.value, TestSetChanged) and "rollout.name: old <absent>" in str(ei.value)
+
+
+def test_index_conventions_and_file_names(tmp_path):
+    assert BASE == -1 and [base_sample_index(s) for s in range(3)] == [-2, -3, -4]
+    run = RunDir(tmp_path)
+    assert run.ledger.path.name == "ledger.jsonl" and run.test_ledger.path.name == "test_ledger.jsonl"
+    assert run.metrics_path == tmp_path / "metrics.jsonl" and run.results() is None
+    rd = _open(tmp_path / "run", n_candidates=2)
+    for i in (BASE, 0, 1, 2):
+        rd.ledger.append(_row(i))
+    assert sorted(rd.finished()) == [0, 1]  # the base row and rows beyond N are not candidates of this run
+    rd.close()
+
+
+def test_jsonl_append_read_keep_until(tmp_path):
+    path = tmp_path / "m.jsonl"
+    assert read_jsonl(path) == [] and keep_until(path, "step", 3) == []
+    for step in (1, 2, 3):
+        append_jsonl(path, {"step": step, "data": {"x": float("nan") if step == 2 else step}})
+    with open(path, "a") as f:
+        f.write('"not an object"\n{"step": 4, "da')  # a bad line, then a torn tail
+    rows = read_jsonl(path)
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[1]["data"]["x"] is None  # NaN is written as null
+    assert [r["step"] for r in keep_until(path, "step", 2)] == [1, 2]
+    assert path.read_text().count("\n") == 2 and [r["step"] for r in read_jsonl(path)] == [1, 2]
 
 
 def test_ledger_without_manifest_is_refused(tmp_path):

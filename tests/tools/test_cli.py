@@ -140,3 +140,16 @@ def test_demo_command_line_is_the_randopt_harness(tmp_path):
     assert config.trainer.v1.trainer_mode == "randopt"
     assert config.randopt.population_size == demo.DEMO["population_size"]
     assert config.actor_rollout_ref.rollout.name == "hf"
+
+
+def test_demo_summary_is_the_report_table_once(tmp_path):
+    from randopt_verl.core import report
+    from randopt_verl.tools import demo, plots
+
+    run = randopt_run(tmp_path / "run")
+    plots.draw(run)
+    text = demo.summary(run)
+    assert text.startswith(report.results_table(RESULTS))  # the one renderer, from results.json
+    assert text.count("selected top-k vote") == 1 and text.count("| cost ") == 1
+    assert [line for line in text.splitlines() if line.startswith("plot: ")] == [
+        f"plot: {run / 'density.png'}", f"plot: {run / 'maj_at_k.png'}"]

@@ -15,7 +15,7 @@ TOY_REWARD = str(ROOT / "tests" / "fixtures" / "toy_reward.py")
 os.environ["RANDOPT_VERL_ROLLOUT_THREADS"] = "1"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def common(tiny_model, toy_data):
     def make(run_dir: Path, n_ranks: int) -> list[str]:
         return [

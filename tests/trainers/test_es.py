@@ -1,15 +1,18 @@
 """trainer=es through verl's real path on CPU: the update equals a hand computation from the recorded seeds and
-z-scores, 1 and 2 FSDP ranks give the same weights, and a run resumed from verl's checkpoint ends where an
-uninterrupted run ends."""
+z-scores, 1 and 2 FSDP ranks give the same weights and the same validation (its test prompts spread over the
+replicas: the hf engine's batch is 2 prompts, so 4 test prompts make two blocks), and a run resumed from verl's
+checkpoint ends where an uninterrupted run ends. Both runs are made in one fixture, so the cross-run assertions hold
+whatever order the tests run in."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from randopt_verl.core.es_update import es_update_
+from randopt_verl.core.population import ParamFilter
+from randopt_verl.core.rundir import ManifestMismatch, RunDir, read_jsonl
 from randopt_verl.inprocess import compose, trainer_session
 
 pytestmark = pytest.mark.slow
@@ -24,12 +27,8 @@ ES = [
     "trainer.save_freq=1",
     "trainer.test_freq=1",
     "trainer.val_before_train=false",
+    "actor_rollout_ref.rollout.engine_kwargs.hf.max_batch_size=2",
 ]
-FINAL: dict[str, dict] = {}
-
-
-def _iterations(run_dir) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "es_iterations.jsonl").read_text().splitlines()]
 
 
 def _by_hand(base: dict, iterations: list[dict]) -> dict:
@@ -40,44 +39,69 @@ def _by_hand(base: dict, iterations: list[dict]) -> dict:
     return w
 
 
-def test_es_two_ranks_matches_hand_computation(common, tmp_path):
-    config = compose(ES + common(tmp_path, n_ranks=2) + ["trainer.total_training_steps=2"])
-    with trainer_session(config) as trainer:
-        base = trainer.actor_rollout_wg.named_weights()[0]
-        trainer.fit(None)
-        final = trainer.actor_rollout_wg.named_weights()[0]
-    its = _iterations(tmp_path)
-    assert [it["iteration"] for it in its] == [1, 2]
-    expected = _by_hand(base, its)
-    for n in base:
-        torch.testing.assert_close(final[n], expected[n], rtol=0, atol=1e-7)
-    assert any(not torch.equal(final[n], base[n]) for n in base)
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2] and "val/acc" in rows[-1]["data"]
-    assert rows[-1]["data"]["cost/rollouts"] == 2 * 4 * 6  # iterations x members x selection prompts
-    FINAL["two_ranks"] = {"base": base, "final": final}
-
-
-def test_es_one_rank_resumed_equals_uninterrupted(common, tmp_path):
-    # iteration 1, checkpointed by verl; then a new trainer resumes it and runs iteration 2
-    with trainer_session(compose(ES + common(tmp_path, n_ranks=1) + ["trainer.total_training_steps=1"])) as t:
+@pytest.fixture(scope="module")
+def es_runs(common, tmp_path_factory) -> dict:
+    out = {}
+    # two ranks, two iterations in one go
+    run_dir = tmp_path_factory.mktemp("es_r2")
+    with trainer_session(compose(ES + common(run_dir, n_ranks=2) + ["trainer.total_training_steps=2"])) as t:
         base = t.actor_rollout_wg.named_weights()[0]
         t.fit(None)
-    assert (tmp_path / "global_step_1").is_dir()
-    with trainer_session(compose(ES + common(tmp_path, n_ranks=1) + ["trainer.total_training_steps=2"])) as t:
-        assert t.global_steps == 1, "verl did not resume from the iteration-1 checkpoint"
+        out["r2"] = dict(run_dir=run_dir, base=base, final=t.actor_rollout_wg.named_weights()[0])
+    # one rank: iteration 1, checkpointed by verl; then a new trainer resumes it and runs iteration 2
+    run_dir = tmp_path_factory.mktemp("es_r1")
+    with trainer_session(compose(ES + common(run_dir, n_ranks=1) + ["trainer.total_training_steps=1"])) as t:
+        base = t.actor_rollout_wg.named_weights()[0]
+        t.fit(None)
+    assert (run_dir / "global_step_1").is_dir()
+    with trainer_session(compose(ES + common(run_dir, n_ranks=1) + ["trainer.total_training_steps=2"])) as t:
+        resumed_at = t.global_steps
         t.fit(None)
         final = t.actor_rollout_wg.named_weights()[0]
-    its = _iterations(tmp_path)
+        # the same run directory with another ES setting: refused, naming the key
+        OmegaConf.update(t.config, "es.alpha", 0.5)
+        with pytest.raises(ManifestMismatch) as refused:
+            t._open_run(t.prompts(t.train_dataset, 6), t.prompts(t.val_dataset, 4), ParamFilter())
+    out["r1"] = dict(run_dir=run_dir, base=base, final=final, resumed_at=resumed_at)
+    out["refused"] = str(refused.value)
+    return out
+
+
+@pytest.mark.parametrize("which", ["r2", "r1"])
+def test_es_update_matches_hand_computation(es_runs, which):
+    run = es_runs[which]
+    its = read_jsonl(RunDir(run["run_dir"]).es_iterations_path)
     assert [it["iteration"] for it in its] == [1, 2]
-    expected = _by_hand(base, its)
-    for n in base:
-        torch.testing.assert_close(final[n], expected[n], rtol=0, atol=1e-7)
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
-    assert rows[-1]["data"]["cost/rollouts"] == 2 * 4 * 6  # the resumed run kept iteration 1's cost
-    if "two_ranks" in FINAL:
-        ref = FINAL["two_ranks"]
-        assert all(torch.equal(base[n], ref["base"][n]) for n in base)
-        for n in base:
-            torch.testing.assert_close(final[n], ref["final"][n], rtol=0, atol=1e-7)
+    expected = _by_hand(run["base"], its)
+    for n in run["base"]:
+        torch.testing.assert_close(run["final"][n], expected[n], rtol=0, atol=1e-7)
+    assert any(not torch.equal(run["final"][n], run["base"][n]) for n in run["base"])
+
+
+@pytest.mark.parametrize("which", ["r2", "r1"])
+def test_es_metrics_carry_cost_across_resume(es_runs, which):
+    rows = read_jsonl(RunDir(es_runs[which]["run_dir"]).metrics_path)
+    assert [r["step"] for r in rows] == [1, 2] and "val/acc" in rows[-1]["data"]
+    assert rows[-1]["data"]["cost/rollouts"] == 2 * 4 * 6  # iterations x members x selection prompts
+    assert rows[-1]["data"]["cost/wall_s"] > rows[0]["data"]["cost/wall_s"] > 0
+    assert rows[0]["data"]["meta/method"] == "es"
+
+
+def test_resumed_from_verls_checkpoint(es_runs):
+    assert es_runs["r1"]["resumed_at"] == 1, "verl did not resume from the iteration-1 checkpoint"
+
+
+def test_one_and_two_ranks_give_one_run(es_runs):
+    r1, r2 = es_runs["r1"], es_runs["r2"]
+    assert all(torch.equal(r1["base"][n], r2["base"][n]) for n in r1["base"])
+    for n in r1["base"]:
+        torch.testing.assert_close(r1["final"][n], r2["final"][n], rtol=0, atol=1e-7)
+    its1, its2 = (read_jsonl(RunDir(r["run_dir"]).es_iterations_path) for r in (r1, r2))
+    assert [(i["seeds"], i["rewards"]) for i in its1] == [(i["seeds"], i["rewards"]) for i in its2]
+    val1, val2 = ([(r["data"]["val/acc"], r["data"]["val/score"]) for r in read_jsonl(RunDir(r["run_dir"]).metrics_path)]
+                  for r in (r1, r2))
+    assert val1 == val2  # validation spread over 2 replicas answers as 1 replica does
+
+
+def test_changed_settings_are_refused_naming_the_key(es_runs):
+    assert "search.alpha: old 0.02 -> new 0.5" in es_runs["refused"]

@@ -1,9 +1,11 @@
 """trainer=grpo: verl's own GRPO on CPU through the plugin, 2 FSDP ranks and 2 hf replicas: one step checkpointed
-by verl, then a new trainer resumes it and runs step 2 (weights restored bitwise, cost and logged rows carried on)."""
+by verl, then a new trainer resumes it and runs step 2 (weights restored bitwise, cost and logged rows carried on).
+verl's file logger writes the run directory's metrics.jsonl with no environment variable set by the caller."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import ray
@@ -15,8 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_grpo_resumes_and_updates_actor_and_rollout(common, tmp_path, monkeypatch):
-    log = tmp_path / "metrics.jsonl"
-    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(log))
+    monkeypatch.delenv("VERL_FILE_LOGGER_PATH", raising=False)
+    log = tmp_path / "run" / "metrics.jsonl"  # the run directory (trainer.default_local_dir)
 
     def config(steps):
         return compose(common(tmp_path / "run", n_ranks=2) + [
@@ -33,6 +35,7 @@ def test_grpo_resumes_and_updates_actor_and_rollout(common, tmp_path, monkeypatc
     with trainer_session(config(1)) as trainer:
         fit(trainer)
         step1 = trainer.actor_rollout_wg.named_weights()[0]
+    assert "VERL_FILE_LOGGER_PATH" not in os.environ  # set for verl's logger only while fit runs
     first_row = json.loads(log.read_text().splitlines()[0])
     # a row logged after the checkpoint, as a crash mid-step-2 would leave it: the resumed run must drop it
     with open(log, "a") as f:
@@ -60,5 +63,8 @@ def test_grpo_resumes_and_updates_actor_and_rollout(common, tmp_path, monkeypatc
     assert [r["data"]["cost/rollouts"] for r in rows] == [8, 16]
     assert rows[1]["data"]["cost/tokens"] > rows[0]["data"]["cost/tokens"] > 0
     assert rows[1]["data"]["cost/wall_s"] > rows[0]["data"]["cost/wall_s"] > 0
+    # the cost definition: verl's step time (weights-in included) less its checkpoint save
+    d = rows[0]["data"]
+    assert d["cost/wall_s"] == pytest.approx(d["timing_s/step"] - d["timing_s/save_checkpoint"], abs=2e-3)
     assert rows[1]["data"]["meta/method"] == "grpo"
     assert any(k.startswith("actor/") for k in rows[0]["data"])

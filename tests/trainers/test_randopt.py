@@ -1,12 +1,13 @@
 """trainer=randopt through verl's real trainer path on CPU (tiny model, hf replicas, verl's reward loop).
 
-One search config, run three ways: 2 FSDP ranks / 2 replicas in process, 1 rank / 1 replica in process, and as a
-subprocess through `python -m randopt_verl.main` killed with SIGKILL mid-search then finished by verl's own
-entry point. All three must write the same ledger and top-K."""
+One search config, run three ways: 2 FSDP ranks / 2 replicas in process, 1 rank / 1 replica in process (both in
+one fixture, so the cross-run assertions hold whatever order the tests run in), and as a subprocess through
+`python -m randopt_verl.main` killed with SIGKILL mid-search then finished by verl's own entry point. All three must
+write the same ledger, test answers and top-K. The hf engine's batch is 4 prompts, so the 6 test prompts of the base
+validation split into two blocks, one per replica."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from randopt_verl.core import noise
 from randopt_verl.core.population import Candidate, ParamFilter, tied_aliases
-from randopt_verl.core.rundir import Ledger, read_json
-
+from randopt_verl.core.rundir import Ledger, ManifestMismatch, RunDir, TestSetChanged, read_json
 from randopt_verl.inprocess import compose, trainer_session
 
 pytestmark = pytest.mark.slow
@@ -35,13 +36,13 @@ SEARCH = [
     "randopt.test_size=6",
     "randopt.controls.population=4",
     "randopt.controls.random_k_draws=5",
+    "actor_rollout_ref.rollout.engine_kwargs.hf.max_batch_size=4",
 ]
-RUNS: dict[str, Path] = {}
 
 
-def _ledger(run_dir: Path) -> dict[int, tuple]:
-    rows = Ledger(run_dir / "ledger.jsonl").read()
-    assert not rows.duplicates, "a candidate was written twice"
+def _ledger(path: Path) -> dict[int, tuple]:
+    rows = Ledger(path).read()
+    assert not rows.duplicates, "a row was written twice"
     return {i: (r["seed"], r["sigma"], r["scores"], r["preds"]) for i, r in rows.by_index.items()}
 
 
@@ -49,77 +50,128 @@ def _topk(run_dir: Path) -> list:
     return [(e["index"], e["selection_score"]) for e in read_json(run_dir / "topk.json")["experts"]]
 
 
-def test_two_replicas_weights_and_search(common, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("ro_r2")
-    config = compose(SEARCH + common(run_dir, n_ranks=2))
-    with trainer_session(config) as trainer:
-        base = trainer.actor_rollout_wg.named_weights()[0]
-        servers = [rep.server_handle for rep in trainer.replicas]
-        assert len(servers) == 2
-        cand = Candidate(index=0, seed=1234, sigma=0.05)
-        aliases = tied_aliases(list(base.items()))
-
-        # perturb-at-sync: replica 0 gets base + sigma*eps exactly, replica 1 (no candidate) the base
-        trainer.load_candidates({0: cand}, how="sync", param_filter={})
-        got0, got1 = (trainer_get(s) for s in servers)
-        for name, w in base.items():
-            expected = noise.perturbed(w, cand.seed, aliases.get(name, name), cand.sigma)
-            assert torch.equal(got0[name], expected), name
-            assert torch.equal(got1[name], w), name
-
-        # the hf backend's in-place path gives the very same weights, then restores the base exactly
-        trainer.load_candidates({}, how="sync", param_filter={})
-        trainer.load_candidates({0: cand}, how="server", param_filter={})
-        assert all(torch.equal(trainer_get(servers[0])[n], got0[n]) for n in base)
-        trainer.load_candidates({}, how="server", param_filter={})
-        assert all(torch.equal(trainer_get(servers[0])[n], base[n]) for n in base)
-
-        trainer.fit(None)
-        after = trainer.actor_rollout_wg.named_weights()[0]
-        assert all(torch.equal(after[n], base[n]) for n in base), "the search modified the actor's weights"
-
-    for f in ("manifest.json", "ledger.jsonl", "topk.json", "results.json", "metrics.jsonl"):
-        assert (run_dir / f).exists(), f
-    ledger = _ledger(run_dir)
-    assert sorted(ledger) == [-1, 0, 1, 2, 3, 4]  # base row + 5 candidates
-    # the toy reward raises on the two selection items whose answer is 19: recorded, scored 0, the run went on
-    for row in Ledger(run_dir / "ledger.jsonl").read().rows:
-        assert row["n_errors"] == 2 and "always fails" in row["errors"][0]["error"]
-        assert [row["scores"][e["prompt"]] for e in row["errors"]] == [0.0, 0.0]
-    res = read_json(run_dir / "results.json")
-    assert set(res["maj_at_k"]) == {"1", "2"} and set(res["random_k"]) == {"1", "2"}
-    assert set(res["base_maj_at_k"]) == {"1", "2"}
-    assert res["cost"]["rollouts"] == 8 * 6  # base + 5 candidates on 8 selection prompts
-    assert (run_dir / "density.png").exists() and (run_dir / "maj_at_k.png").exists()
-    RUNS["r2"] = run_dir
-
-
-def trainer_get(server) -> dict:
+def _weights(server) -> dict:
     import ray
 
     return ray.get(server.get_weights.remote())
 
 
-def test_one_replica_gives_the_same_ledger(common, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("ro_r1")
-    config = compose(SEARCH + common(run_dir, n_ranks=1) + ["randopt.plots=false"])
-    with trainer_session(config) as trainer:
+@pytest.fixture(scope="module")
+def searches(common, tmp_path_factory) -> dict:
+    """The same search on 2 replicas (with the weight-path checks) and on 1 replica."""
+    out: dict = {}
+    run_dir = tmp_path_factory.mktemp("ro_r2")
+    with trainer_session(compose(SEARCH + common(run_dir, n_ranks=2))) as trainer:
+        base = trainer.actor_rollout_wg.named_weights()[0]
+        servers = [rep.server_handle for rep in trainer.replicas]
+        cand, everything = Candidate(index=0, seed=1234, sigma=0.05), ParamFilter()
+        # perturb-at-sync: replica 0 gets the candidate, replica 1 (no candidate) the base
+        trainer.load_candidates({0: cand}, how="sync", param_filter=everything)
+        sync = [_weights(s) for s in servers]
+        # the hf backend's in-place path, then its restore
+        trainer.load_candidates({}, how="sync", param_filter=everything)
+        trainer.load_candidates({0: cand}, how="server", param_filter=everything)
+        server_path = _weights(servers[0])
+        trainer.load_candidates({}, how="server", param_filter=everything)
+        restored = _weights(servers[0])
         trainer.fit(None)
-    RUNS["r1"] = run_dir
-    if "r2" in RUNS:
-        assert _ledger(run_dir) == _ledger(RUNS["r2"])
-        assert _topk(run_dir) == _topk(RUNS["r2"])
-        r1, r2 = read_json(run_dir / "results.json"), read_json(RUNS["r2"] / "results.json")
-        assert r1["maj_at_k"] == r2["maj_at_k"] and r1["random_k"] == r2["random_k"]
-        assert r1["base_maj_at_k"] == r2["base_maj_at_k"]  # seeded samples: independent of the replica count
+        after = trainer.actor_rollout_wg.named_weights()[0]
+        out["r2"] = dict(run_dir=run_dir, n_servers=len(servers), cand=cand, base=base, sync=sync,
+                         server_path=server_path, restored=restored, after=after)
+
+    run_dir = tmp_path_factory.mktemp("ro_r1")
+    with trainer_session(compose(SEARCH + common(run_dir, n_ranks=1) + ["randopt.plots=false"])) as trainer:
+        trainer.fit(None)
+        # the same run directory with 5 instead of 6 test prompts: the stored test answers must not be reused
+        selection = trainer.prompts(trainer.train_dataset, 8)
+        fewer = trainer.prompts(trainer.val_dataset, 5)
+        with pytest.raises(TestSetChanged) as refused:
+            trainer._open_run(selection, fewer, ParamFilter())
+        # and resumed on another rollout precision: refused naming the key
+        test = trainer.prompts(trainer.val_dataset, 6)
+        OmegaConf.update(trainer.config, "actor_rollout_ref.rollout.dtype", "float16", force_add=True)
+        with pytest.raises(ManifestMismatch) as other_dtype:
+            trainer._open_run(selection, test, ParamFilter())
+        out["r1"] = dict(run_dir=run_dir, refused=str(refused.value), other_dtype=str(other_dtype.value))
+    return out
 
 
-def test_sigkill_then_resume_with_verls_entry_point(common, tmp_path_factory):
+def test_weights_reach_the_replicas_exactly(searches):
+    r2 = searches["r2"]
+    base, cand = r2["base"], r2["cand"]
+    assert r2["n_servers"] == 2
+    aliases = tied_aliases(list(base.items()))
+    for name, w in base.items():
+        expected = noise.perturbed(w, cand.seed, aliases.get(name, name), cand.sigma)
+        assert torch.equal(r2["sync"][0][name], expected), name  # replica 0: base + sigma * eps, exactly
+        assert torch.equal(r2["sync"][1][name], w), name  # replica 1: the base
+        assert torch.equal(r2["server_path"][name], r2["sync"][0][name]), name  # in place == perturb-at-sync
+        assert torch.equal(r2["restored"][name], w), name  # and the restore is exact
+        assert torch.equal(r2["after"][name], w), f"the search modified the actor's weight {name}"
+
+
+def test_search_writes_its_run_directory(searches):
+    run_dir = searches["r2"]["run_dir"]
+    for f in ("manifest.json", "ledger.jsonl", "test_ledger.jsonl", "topk.json", "results.json", "metrics.jsonl",
+              "density.png", "maj_at_k.png"):
+        assert (run_dir / f).exists(), f
+    assert sorted(_ledger(run_dir / "ledger.jsonl")) == [-1, 0, 1, 2, 3, 4]  # base row + 5 candidates
+    # the toy reward raises on the two selection items whose answer is 19: recorded, scored 0, the run went on
+    for row in Ledger(run_dir / "ledger.jsonl").read().rows:
+        assert row["n_errors"] == 2 and "always fails" in row["errors"][0]["error"]
+        assert [row["scores"][e["prompt"]] for e in row["errors"]] == [0.0, 0.0]
+    # test answers: base (-1), the 2 experts and the 4 control candidates, and base samples -2, -3 (max k = 2)
+    test_rows = _ledger(run_dir / "test_ledger.jsonl")
+    assert {-1, -2, -3, 0, 1, 2, 3} <= set(test_rows) and all(len(r[2]) == 6 for r in test_rows.values())
+    res = read_json(run_dir / "results.json")
+    assert set(res["maj_at_k"]) == {"1", "2"} and set(res["random_k"]) == {"1", "2"}
+    assert set(res["base_maj_at_k"]) == {"1", "2"}
+    assert res["cost"]["rollouts"] == 8 * 6  # base + 5 candidates on 8 selection prompts
+    assert res["test_cost"]["rollouts"] == 6 * len(test_rows)
+    rollout = read_json(RunDir(run_dir).manifest_path)["identity"]["rollout"]
+    assert set(rollout) == {"name", "dtype", "tensor_model_parallel_size"}
+    assert rollout["name"] == "hf" and rollout["tensor_model_parallel_size"] == 1
+
+
+def test_one_and_two_replicas_give_one_run(searches):
+    r1, r2 = searches["r1"]["run_dir"], searches["r2"]["run_dir"]
+    assert _ledger(r1 / "ledger.jsonl") == _ledger(r2 / "ledger.jsonl")
+    # test answers (members spread over replicas) and base samples (seeded per sample) too
+    assert _ledger(r1 / "test_ledger.jsonl") == _ledger(r2 / "test_ledger.jsonl")
+    assert _topk(r1) == _topk(r2)
+    a, b = read_json(r1 / "results.json"), read_json(r2 / "results.json")
+    for key in ("base", "experts", "maj_at_k", "random_k", "base_maj_at_k", "fraction_beating_base_by_sigma"):
+        assert a[key] == b[key], key
+    assert a["cost"]["rollouts"] == b["cost"]["rollouts"] and a["cost"]["tokens"] == b["cost"]["tokens"]
+
+
+def test_changed_test_set_or_rollout_dtype_is_refused_naming_it(searches):
+    msg = searches["r1"]["refused"]
+    assert "test_set_hash" in msg and "test_ledger.jsonl" in msg and "selection_set_hash" not in msg
+    msg = searches["r1"]["other_dtype"]
+    assert "rollout.dtype" in msg and '-> new "float16"' in msg and "test_set_hash" not in msg
+
+
+def _gone(pgid: int, timeout: float = 60.0) -> bool:
+    """True once no process of the group is left (the group's Ray processes die with it)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_sigkill_then_resume_with_verls_entry_point(common, tmp_path_factory, searches):
     run_dir = tmp_path_factory.mktemp("ro_kill")
-    # 12 candidates (the first 5 are the other tests' 5: sampling is prefix-stable), killed after 2 are on disk
+    # 12 candidates (the first 5 are the other runs' 5: sampling is prefix-stable), killed after 2 are on disk
     args = SEARCH + common(run_dir, n_ranks=1) + ["randopt.plots=false", "randopt.population_size=12"]
-    env = dict(os.environ, RANDOPT_VERL_ROLLOUT_THREADS="1")
+    # RAY_ADDRESS=local: a Ray cluster private to this run, never another one on the machine
+    env = dict(os.environ, RANDOPT_VERL_ROLLOUT_THREADS="1", RAY_ADDRESS="local")
     ledger = run_dir / "ledger.jsonl"
+    # a session of its own: its Ray processes (raylet, GCS, workers) are in its process group and die with it
     proc = subprocess.Popen([sys.executable, "-m", "randopt_verl.main", *args], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -134,19 +186,19 @@ def test_sigkill_then_resume_with_verls_entry_point(common, tmp_path_factory):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        subprocess.run(["ray", "stop", "--force"], capture_output=True)
-    killed_at = len(_ledger(run_dir))
+    assert _gone(proc.pid), "processes of the killed run survived their process group's SIGKILL"
+    killed_at = len(_ledger(ledger))
     assert 3 <= killed_at < 13, "the kill did not land inside the search"
     assert not (run_dir / "topk.json").exists()
 
     done = subprocess.run(
         [sys.executable, "-m", "verl.trainer.main_ppo", "--config-name", "randopt_ppo", *args],
         env=dict(env, RAY_AUTH_MODE="disabled", WANDB_MODE="disabled"), capture_output=True, text=True,
-        timeout=600,
+        timeout=600, start_new_session=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    resumed = _ledger(run_dir)
+    resumed = _ledger(ledger)
     assert sorted(resumed) == list(range(-1, 12))
     assert (run_dir / "results.json").exists()
-    if "r1" in RUNS:  # same scores for the same candidates as the uninterrupted 5-candidate run
-        assert {i: resumed[i] for i in range(-1, 5)} == _ledger(RUNS["r1"])
+    # the same scores for the same candidates as the uninterrupted 5-candidate run
+    assert {i: resumed[i] for i in range(-1, 5)} == _ledger(searches["r1"]["run_dir"] / "ledger.jsonl")
