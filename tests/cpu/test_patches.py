@@ -44,6 +44,7 @@ def test_cpu_device_module_covers_every_call_verl_makes():
     assert not missing, f"verl calls get_torch_device().{missing} which the cpu platform does not provide"
 
 
+@pytest.mark.cpu_only
 def test_platform_resolves_to_cpu():
     from verl.utils.device import get_device_id, get_device_name
 
