@@ -1,15 +1,17 @@
 """trainer=randopt on CPU with a reward that sleeps forever on one selection item: with `reward_guard.timeout_s`
-that sample is recorded as an error in every ledger row, and the search finishes. (ES scores through the same
-`harness.score`; GRPO through the same verl reward function, see tests/test_reward_guard.py.)"""
+that sample is recorded as an error in every ledger row, and the search finishes (ES scores through the same
+`harness.score`). trainer=grpo with the same reward: verl's agent loop gets RewardTimeout for that sample, marks its
+group failed, and the step finishes."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
 from randopt_verl.core.rundir import Ledger, read_json
-from randopt_verl.inprocess import compose, trainer_session
+from randopt_verl.inprocess import compose, fit, trainer_session
 
 from .conftest import ROOT
 
@@ -18,6 +20,8 @@ pytestmark = pytest.mark.slow
 HANGING_REWARD = str(ROOT / "tests" / "fixtures" / "hanging_reward.py")
 
 
+# without the guard these runs never end: fail instead of hanging CI
+@pytest.mark.timeout(600)
 def test_a_reward_that_hangs_on_one_sample_costs_that_sample(common, tmp_path):
     args = common(tmp_path, n_ranks=1) + [
         "trainer=randopt",
@@ -46,3 +50,30 @@ def test_a_reward_that_hangs_on_one_sample_costs_that_sample(common, tmp_path):
         assert row["n_errors"] == 3 and row["scores"][0] == 0.0
     assert "maj_at_k" in read_json(tmp_path / "results.json")
     print(f"\nrandopt with one hanging sample per row: {wall:.0f} s")
+
+
+@pytest.mark.timeout(600)
+def test_grpo_step_finishes_with_a_hanging_sample(common, tmp_path, monkeypatch):
+    # verl's agent loop scores each sample through RewardLoopWorker.compute_score: the guarded function raises
+    # RewardTimeout for the hanging one, verl marks that prompt group failed and the step goes on
+    log = tmp_path / "metrics.jsonl"
+    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(log))
+    args = common(tmp_path / "run", n_ranks=1) + [
+        "trainer=grpo",
+        f"reward.custom_reward_function.path={HANGING_REWARD}",
+        "reward_guard.timeout_s=3",
+        "data.shuffle=false",  # the first batch holds item 0, whose ground truth "0" hangs
+        "trainer.total_training_steps=1",
+        "trainer.save_freq=-1",
+        "trainer.val_before_train=false",
+        "trainer.test_freq=-1",
+        "trainer.logger=[console,file]",
+        "actor_rollout_ref.rollout.n=2",
+    ]
+    t0 = time.monotonic()
+    with trainer_session(compose(args)) as trainer:
+        fit(trainer)
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1]
+    assert rows[0]["data"]["training/rollout_failure/evicted_samples"] > 0  # the hung (and the raising) groups
+    print(f"\ngrpo step with a hanging sample: {time.monotonic() - t0:.0f} s")
