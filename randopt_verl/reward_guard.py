@@ -83,7 +83,9 @@ def settings(config: Any) -> tuple[float, int] | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"{CONFIG_NODE}.timeout_s must be a number of seconds > 0 (or null: no limit), got {timeout!r}")
+        raise ValueError(
+            f"{CONFIG_NODE}.timeout_s must be a number of seconds > 0 (or null: no limit), got {timeout!r}"
+        )
     processes = node.get("processes", 4)
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ValueError(f"{CONFIG_NODE}.processes must be an integer >= 1, got {processes!r}")

@@ -34,13 +34,14 @@ The key is correct when it equals the normalised ground truth, or else, when mat
 enabled, when ``math_verify.verify`` finds the two normalised strings equivalent (``\\sqrt{18}`` and
 ``3\\sqrt{2}``; ``1+x^2`` and ``x^2+1``). math-verify is bounded so that no answer can stop the process:
 verl calls reward functions from an executor thread, where math-verify's own (SIGALRM) timeouts cannot
-work, and sympy holding the GIL on a huge number stops every thread (measured: ``(10^{9999})^{9999}`` and
-``(x+1)^{9999}`` never return). So before sympy sees them, both strings must pass ``sympy_safe``: at most
-300 characters; no factorial, binomial, sum, product, integral or limit; no exponent containing an
-exponent; every numeric exponent at most 10,000, their product at most 10,000, and at most 100 on a base
-that contains a letter. A string that fails keeps the string verdict (that of the key: still one verdict
-per key). Verdicts are cached per (gold, key). On the main thread math-verify's own 5 s timeouts apply as
-well; under randopt_verl the reward runs in a child process with a time limit (``reward_guard``) anyway.
+work, and sympy holding the GIL on a huge number stops every thread (measured: ``(10^{9999})^{9999}``,
+``(x+1)^{9999}`` and ``9^{9^{9}}`` had not returned after 20 s; ``\\sin(10^{99999})`` takes 4 s). So
+before sympy sees them, both strings must pass ``sympy_safe``: at most 300 characters; no factorial,
+binomial, sum, product, integral or limit; no exponent containing an exponent; every numeric exponent at
+most 10,000, their product at most 10,000, and at most 100 on a base that contains a letter. A string
+that fails keeps the string verdict (that of the key: still one verdict per key). Verdicts are cached per
+(gold, key). On the main thread math-verify's own 5 s timeouts apply as well; under randopt_verl the reward
+runs in a child process with a time limit (``reward_guard``) anyway.
 
 Returned dict, always the same keys: ``score`` = ``acc`` (1.0/0.0) and ``pred`` ("" when there is no answer).
 Never raises.

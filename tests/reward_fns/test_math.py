@@ -11,7 +11,7 @@ import pytest
 
 PATH = Path(__file__).resolve().parents[2] / "reward_fns" / "math.py"
 HAVE_MATH_VERIFY = importlib.util.find_spec("math_verify") is not None
-needs_math_verify = pytest.mark.skipif(not HAVE_MATH_VERIFY, reason="math-verify is not installed (optional: pip install math-verify)")
+needs_math_verify = pytest.mark.skipif(not HAVE_MATH_VERIFY, reason="math-verify is not installed (a default dependency: pip install -e .)")
 
 
 def load(path=PATH):
