@@ -141,6 +141,7 @@ _RATIONAL_RE = re.compile(
     rf"|(?P<n>{_NUMBER}))"
 )
 _MAX_NUMBER_CHARS = 100
+_LEADING_ZEROS_RE = re.compile(r"[+-]?0\d+")
 
 
 def _fix_frac_half(m: re.Match) -> str:
@@ -200,7 +201,8 @@ def _numbers_by_value(s: str) -> str:
     parts = _split_top_level(inner)
     out = []
     for part in parts:
-        value = _rational(part)
+        # "(1,000,000)" may be a number in parentheses: an element with leading zeros is left as written
+        value = None if _LEADING_ZEROS_RE.fullmatch(part) else _rational(part)
         out.append(_write_rational(value) if value is not None else part)
     return open_ + ",".join(out) + close
 
