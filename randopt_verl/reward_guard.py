@@ -315,8 +315,8 @@ class GuardedReward:
             hung_before = digest in self._hung
         if hung_before:
             raise RewardTimeout(
-                f"reward call exceeded reward_guard.timeout_s={self.timeout_s:g} s on this same input before "
-                "(not retried)"
+                f"reward call exceeded reward_guard.timeout_s={self.timeout_s:g} s (this same input timed out "
+                "before in this worker; not run again)"
             )
         child = self._acquire()
         t0 = time.monotonic()

@@ -149,7 +149,7 @@ def test_a_hang_costs_one_sample_and_the_rest_are_scored(get_custom_reward_fn, r
         assert wall < 30, wall  # two limits of 2 s, three processes, not minutes
         # the same hanging input again: refused at once (the harness re-scores a chunk that raised one by one)
         t0 = time.monotonic()
-        with pytest.raises(rg.RewardTimeout, match="same input before"):
+        with pytest.raises(rg.RewardTimeout, match="same input timed out before"):
             call(fn, "hang")
         assert time.monotonic() - t0 < 1
         assert call(fn, "6", gt="6")["acc"] == 1.0  # the pool was refilled
