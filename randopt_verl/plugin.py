@@ -1,9 +1,10 @@
 """verl plugin entry point (`verl.plugins` group in pyproject.toml): verl imports it in every process it starts.
 
 It registers the `hf` rollout backend, the `cpu` platform with its patches (only where no accelerator is found),
-and the `randopt` and `es` trainers. verl 0.9.1 swallows plugin import errors at DEBUG level
-(verl/__init__.py), which would leave a CPU run failing later with an unrelated CUDA error, so any failure here is
-logged at ERROR with the fix before being re-raised.
+the `randopt` and `es` trainers, and the reward time limit (`reward_guard`: a wrapper of verl's
+`get_custom_reward_fn`). verl 0.9.1 swallows plugin import errors at DEBUG level (verl/__init__.py), which would
+leave a CPU run failing later with an unrelated CUDA error, so any failure here is logged at ERROR with the fix
+before being re-raised.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ def register() -> None:
 
     on_cpu = not torch.cuda.is_available() and os.environ.get("VERL_PLATFORM", "cpu").lower() == "cpu"
     patches.apply(on_cpu=on_cpu)
+    from randopt_verl import reward_guard
     from randopt_verl.trainers import register_all
 
     register_all()
+    # a time limit on each reward call (config node `reward_guard`; without it verl's function is unchanged)
+    reward_guard.install()
     _loaded = True
 
 

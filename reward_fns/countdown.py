@@ -27,22 +27,39 @@ Two modes, chosen per item:
 
 Valid equation (both modes): leading/trailing whitespace is stripped; the text may contain only digits,
 ``+ - * /``, parentheses and spaces, optionally followed by one ``= <number>`` (a plain literal such as
-``24``, ``-3``, ``2.5`` or ``7/3``) which must itself equal the target within 1e-5. The expression is parsed by
-a small recursive-descent parser (model text is never passed to ``eval``): binary ``+ - * /`` with the usual
-precedence and left associativity, parentheses, non-negative integer literals. Unary minus/plus is
-REFUSED by default: Countdown combines the given numbers with the four binary operations, and a leading
-sign is not one of them (the reference accepted it only as a side effect of using Python ``eval``). Pass
-``allow_unary_minus=True`` to accept a ``-`` in operand position (e.g. ``-3 + 5``) for parity with the
-reference. The integer literals must be exactly the given numbers as a multiset (each used once, none
-missing). Division by zero makes the equation invalid. Arithmetic is exact (``fractions.Fraction``).
+``24``, ``-3``, ``2.5`` or ``7/3``) which must equal the expression's own value within 1e-5: an equation that
+is false as written (``(10 / (60 - 57)) * 80 = 266.67``, whose left side is 800/3) is no answer at all. The
+expression is parsed by a small recursive-descent parser (model text is never passed to ``eval``): binary
+``+ - * /`` with the usual precedence and left associativity, parentheses, non-negative integer literals.
+Unary minus/plus is REFUSED by default: Countdown combines the given numbers with the four binary operations,
+and a leading sign is not one of them (the reference accepted it only as a side effect of using Python
+``eval``). Pass ``allow_unary_minus=True`` to accept a ``-`` in operand position (e.g. ``-3 + 5``) for parity
+with the reference. The integer literals must be exactly the given numbers as a multiset (each used once,
+none missing). Division by zero makes the equation invalid. Arithmetic is exact (``fractions.Fraction``).
+``answer`` is 1 when that exact value is within 1e-5 of the target.
 
 Returned dict, always with the same four keys (verl stacks reward extras by the first item's keys, so a
 missing key in a later item would crash it): ``score`` (float), ``acc`` (1.0/0.0, equals ``answer``),
-``pred`` (the vote key: canonical string of the expression's value for a valid equation, e.g. "21" or
-"2.333333", whether or not it hits the target; "" when there is no valid equation) and ``format`` (a
+``pred`` (the vote key: the exact value of a valid equation, whether or not it hits the target, as an
+integer "21" or a reduced fraction "7/3", "-5/2"; "" when there is no valid equation) and ``format`` (a
 diagnostic, not part of the lite score: the format component in full mode; in lite mode 1.0 when the
 extracted line parses as an arithmetic expression over integers, whatever its numbers, else 0.0), useful
-to tell format fixes from reasoning gains.
+to tell format fixes from reasoning gains. ``acc`` is a function of ``pred`` and the item alone (``pred``
+"" means 0; otherwise its value against the target), so answers that share a vote key share a verdict
+(tests/reward_fns/test_countdown.py checks this over generated responses).
+
+Where this differs from the other scorers, and why:
+
+* ES paper / es-at-scale grader: same format regexes and 0.1·format + answer; its answer check is a character
+  filter (no ``=``) and Python ``eval``, so a leading sign passes and float arithmetic decides the 1e-5
+  comparison. Here: no ``eval`` (safety), exact arithmetic, ``= value`` accepted when true,
+  unary sign refused unless asked for (see above).
+* RandOpt (its vote key is "the numeric value of a valid formula"; a later fix accepts a trailing
+  ``= target``): the key here is the exact value rather than a rounded float, so two values that round alike
+  but fall on either side of the 1e-5 tolerance cannot share a key; a trailing ``= v`` must be true (``v``
+  equal to the expression's value), because a key shared by a right answer and a false equation scoring 0
+  made the vote's verdict depend on which member ranked first.
+* verl 0.9.1 ships no Countdown scorer (``verl.utils.reward_score`` has none), so there is nothing to match.
 
 Ground truth: a dict ``{"target": t, "numbers": [...]}`` (``"nums"`` is accepted for ``"numbers"``), or a JSON
 string of it (what ``randopt_verl.assets.data`` writes into parquet), numbers possibly a numpy array. Targets may be
@@ -298,11 +315,14 @@ def parse_ground_truth(ground_truth: Any) -> tuple[Fraction, list[Fraction], dic
 
 
 def canonical_value(value: Fraction | float | int) -> str:
-    """Vote key of a numeric value: rounded to 6 decimals; integers print without ".0" ("21", not "21.0")."""
-    v = round(float(value), 6)
-    if v == int(v):
-        return str(int(v))
-    return repr(v)
+    """Vote key of a numeric value, exact: an integer prints as "21", anything else as the reduced fraction
+    "7/3" or "-5/2" (a float is read through its shortest repr, so 2.5 -> "5/2")."""
+    if isinstance(value, float):
+        value = Fraction(repr(value))
+    value = Fraction(value)
+    if value.denominator == 1:
+        return str(value.numerator)
+    return f"{value.numerator}/{value.denominator}"
 
 
 def _close(a: Fraction, b: Fraction) -> bool:
@@ -315,16 +335,17 @@ def _close(a: Fraction, b: Fraction) -> bool:
 def check_equation(text: str, target: Fraction, numbers: list, allow_unary_minus: bool = ALLOW_UNARY_MINUS):
     """Check an answer string. Returns (correct: bool, pred: str).
 
-    pred is the canonical value of the expression when it is valid (right characters, parses, uses exactly
-    the given numbers, no division by zero), else "". correct additionally needs the value (and the
-    optional "= <number>" right-hand side) to be within TOLERANCE of the target.
+    pred is the exact value of the expression (``canonical_value``) when the answer is a valid equation (right
+    characters, parses, uses exactly the given numbers, no division by zero, and an optional "= <number>"
+    that equals the expression's value within TOLERANCE), else "". correct is that value being within
+    TOLERANCE of the target: a function of pred alone, so two answers with one key always get one verdict.
     """
     if not isinstance(text, str):
         return False, ""
     text = text.strip()
     if not text or len(text) > MAX_EXPRESSION_CHARS:
         return False, ""
-    rhs_ok = True
+    rhs_value = None
     if "=" in text:
         parts = text.split("=")
         if len(parts) != 2:
@@ -334,7 +355,8 @@ def check_equation(text: str, target: Fraction, numbers: list, allow_unary_minus
         if not m:
             return False, ""
         rhs_value = _to_fraction(m.group(1) if m.group(2) is None else f"{m.group(1)}/{m.group(2)}")
-        rhs_ok = rhs_value is not None and _close(rhs_value, target)
+        if rhs_value is None:
+            return False, ""
     if not text or not _ALLOWED_LHS_RE.match(text):
         return False, ""
     try:
@@ -347,8 +369,11 @@ def check_equation(text: str, target: Fraction, numbers: list, allow_unary_minus
         value = _evaluate(tree)
     except InvalidExpression:
         return False, ""
-    pred = canonical_value(value)
-    return bool(rhs_ok and _close(value, target)), pred
+    if rhs_value is not None and not _close(rhs_value, value):
+        # a false equation ("(10 / (60 - 57)) * 80 = 266.67" is 800/3 = 266.67): no answer, whatever the
+        # left side is worth, so it never shares a vote key with the right answer while scoring 0
+        return False, ""
+    return _close(value, target), canonical_value(value)
 
 
 # --------------------------------------------------------------------------------------------------

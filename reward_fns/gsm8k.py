@@ -22,13 +22,29 @@ Mode precedence: keyword argument ``gsm8k_mode`` (verl passes ``reward_kwargs`` 
 ``extra_info["gsm8k_mode"]`` (per item) > the module constant ``DEFAULT_MODE``.
 
 Numbers: optional sign (a "-" that directly follows a digit, letter or ")" is read as subtraction, not
-a sign), optional "$", thousands separators ("1,234,567"), optional decimals; a trailing period, "%" or
-unit is not part of the number. Values compare exactly (``decimal.Decimal``), so "72", "72.0" and "$72.00"
-are all 72. The ground truth may be a number, a numeric string, or a full GSM8K answer containing
-"#### n".
+a sign; the Unicode minus "−" is a minus), optional "$", digits grouped in thousands ("1,234,567") or
+in the Indian lakh/crore style ("10,00,000", "1,23,45,678"), or plain digits, optional decimals (".5" too);
+a trailing period, "%" or unit is not part of the number. Commas that fit neither grouping separate a list
+("3,4,5" ends in 5). Values compare exactly (``decimal.Decimal``), so "72", "72.0" and "$72.00" are all 72.
+The ground truth may be a number, a numeric string, or a full GSM8K answer containing "#### n" (read by the
+same rules).
 
-Returned dict, always the same keys: ``score`` = ``acc`` (1.0/0.0) and ``pred`` (the normalised number,
-e.g. "1234.5"; "" when no number was extracted). Never raises: junk input scores 0 with pred "".
+Returned dict, always the same keys: ``score`` = ``acc`` (1.0/0.0) and ``pred`` (the vote key: the
+normalised number, e.g. "1234.5"; "" when no number was extracted). ``acc`` is ``pred``'s value against the
+ground truth's and nothing else, so answers that share a key share a verdict (tested over generated
+responses). Never raises: junk input scores 0 with pred "".
+
+Where this differs from the other scorers, and why:
+
+* verl 0.9.1 (``verl.utils.reward_score.gsm8k``, data_source ``openai/gsm8k``): strict needs "#### " with a
+  space and no "$", compares strings after removing commas (so "72.0", "72." and "$72" score 0 against
+  "72"), looks at the last 300 characters only, and its flexible mode takes the last run of digits, dots and
+  commas ("72." stays "72."). Here values compare as numbers, "####72" and "#### $72" count, and the whole
+  response is read (in linear time): formatting must not decide correctness, since RandOpt's vote then
+  groups answers by value.
+* RandOpt's GSM8K key ("number after #### else last number") is the ``auto`` mode here, with numbers read
+  by the rules above, and its verdict is computed from that key.
+* The ES paper has no GSM8K scorer.
 """
 
 from __future__ import annotations
@@ -45,9 +61,12 @@ DEFAULT_MODE = "auto"
 MAX_NUMBER_CHARS = 100
 
 # A number: optional sign (only when directly attached to the digits and not preceded by a word character
-# or ")", so "10 - 5" and "x-5" end in 5, "is -5" in -5), optional "$",
-# digits with proper thousands groups or plain digits, optional decimals; or ".5"-style decimals.
-_NUM = r"(?:(?<![\w)])-)?(?:\$\s?)?(?:(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)"
+# or ")", so "10 - 5" and "x-5" end in 5, "is -5" in -5), optional "$", digits with proper thousands groups
+# ("1,234,567"), Indian lakh/crore groups ("10,00,000", "1,23,45,678": pairs, then a final group of three)
+# or plain digits, optional decimals; or ".5"-style decimals. Digits separated by commas that fit neither
+# grouping ("3,4,5", "10,00") are a list of numbers, of which the last counts.
+_GROUPED = r"\d{1,3}(?:,\d{3})+(?!,?\d)|\d{1,2}(?:,\d{2})+,\d{3}(?!,?\d)"
+_NUM = r"(?:(?<![\w)])-)?(?:\$\s?)?(?:(?:" + _GROUPED + r"|\d+)(?:\.\d+)?|\.\d+)"
 _NUM_RE = re.compile(_NUM)
 _STRICT_RE = re.compile(r"####\s*(" + _NUM + ")")
 

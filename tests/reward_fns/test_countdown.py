@@ -38,13 +38,15 @@ CASES = [
     ("correct", "countdown", full("3 * 8 * 1"), GT, {}, 1.1, 1.0, "24"),
     ("model writes its own <think>", "countdown", "<think>" + full("3*8*1"), GT, {}, 1.1, 1.0, "24"),
     ("trailing = target", "countdown", full("(3 * 8) / 1 = 24"), GT, {}, 1.1, 1.0, "24"),
-    ("trailing = wrong number", "countdown", full("3 * 8 * 1 = 25"), GT, {}, 0.1, 0.0, "24"),
+    # a false equation is no answer: it must not share the key "24" with the right answer while scoring 0
+    ("trailing = wrong number", "countdown", full("3 * 8 * 1 = 25"), GT, {}, 0.1, 0.0, ""),
+    ("trailing = true but off target", "countdown", full("3 + 8 + 1 = 12"), GT, {}, 0.1, 0.0, "12"),
     ("target written first", "countdown", full("24 = 3 * 8 * 1"), GT, {}, 0.1, 0.0, ""),
     ("negative target", "countdown", full("2 - 7"), {"target": -5, "numbers": [2, 7]}, {}, 1.1, 1.0, "-5"),
-    ("fractional target", "countdown", full("5 / 2"), {"target": 2.5, "numbers": [5, 2]}, {}, 1.1, 1.0, "2.5"),
+    ("fractional target", "countdown", full("5 / 2"), {"target": 2.5, "numbers": [5, 2]}, {}, 1.1, 1.0, "5/2"),
     ("repeating target in JSON", "countdown", full("7 / 3"), '{"target": 2.3333333, "numbers": [7, 3]}', {},
-     1.1, 1.0, "2.333333"),
-    ("target as string", "countdown", full("7/3"), {"target": "7/3", "numbers": [7, 3]}, {}, 1.1, 1.0, "2.333333"),
+     1.1, 1.0, "7/3"),
+    ("target as string", "countdown", full("7/3"), {"target": "7/3", "numbers": [7, 3]}, {}, 1.1, 1.0, "7/3"),
     ("wrong value", "countdown", full("3 + 8 + 1"), GT, {}, 0.1, 0.0, "12"),
     ("wrong numbers", "countdown", full("4 * 6"), GT, {}, 0.1, 0.0, ""),
     ("reused number", "countdown", full("3 * 8 * 1 * 1"), GT, {}, 0.1, 0.0, ""),
@@ -170,12 +172,15 @@ def test_evaluator_is_exact_and_refuses_everything_else():
     assert cd.evaluate_expression("-(2 - 5)", allow_unary_minus=True) == 3
 
 
-def test_canonical_value():
+def test_canonical_value_is_exact():
     assert cd.canonical_value(Fraction(21)) == "21"
     assert cd.canonical_value(21.0) == "21"
+    assert cd.canonical_value(2.5) == "5/2"
     assert cd.canonical_value(Fraction(-5)) == "-5"
-    assert cd.canonical_value(Fraction(7, 3)) == "2.333333"
-    assert cd.canonical_value(Fraction(-1, 10**9)) == "0"
+    assert cd.canonical_value(Fraction(7, 3)) == "7/3"
+    assert cd.canonical_value(Fraction(14, -6)) == "-7/3"
+    # a rounded key would merge these two, though only the first is within 1e-5 of 0
+    assert cd.canonical_value(Fraction(99999, 10**10)) != cd.canonical_value(Fraction(100001, 10**10))
 
 
 def test_scorer_works_off_the_main_thread():
@@ -201,3 +206,85 @@ def test_stock_verl_loads_the_file():
     out = fn(data_source="countdown", solution_str=full("-3 + 5"), ground_truth='{"target": 2, "numbers": [3, 5]}',
              extra_info={"index": 0})
     assert out == {"score": pytest.approx(1.1), "acc": 1.0, "pred": "2", "format": 1.0}
+
+
+# issue 15, defect 1: a right expression whose "= value" is rounded shared the key of the right answer and
+# scored 0. Target 800/3 = 266.666..., numbers 10, 60, 57, 80. (id, response, expected score, acc, pred)
+ROUNDED_RHS_GT = {"target": 266.6666667, "numbers": [10, 60, 57, 80]}
+ROUNDED_RHS_CASES = [
+    ("right, no right-hand side", full("(10 / (60 - 57)) * 80"), 1.1, 1.0, "800/3"),
+    ("right, rounded right-hand side", full("(10 / (60 - 57)) * 80 = 266.67"), 0.1, 0.0, ""),
+    ("right, right-hand side within 1e-5", full("(10 / (60 - 57)) * 80 = 266.666667"), 1.1, 1.0, "800/3"),
+    ("right, exact fraction on the right", full("(10 / (60 - 57)) * 80 = 800/3"), 1.1, 1.0, "800/3"),
+    ("wrong, true right-hand side", full("(10 / (60 - 57)) + 80 = 83.333333"), 0.1, 0.0, "250/3"),
+    ("wrong, false right-hand side", full("(10 / (60 - 57)) + 80 = 266.67"), 0.1, 0.0, ""),
+]
+
+
+@pytest.mark.parametrize("case", ROUNDED_RHS_CASES, ids=[c[0] for c in ROUNDED_RHS_CASES])
+def test_a_false_equation_is_no_answer(case):
+    _, response, score, acc, pred = case
+    for gt in (ROUNDED_RHS_GT, {"target": "800/3", "numbers": [10, 60, 57, 80]}):
+        out = cd.compute_score("countdown", response, gt)
+        assert (out["score"], out["acc"], out["pred"]) == (pytest.approx(score), acc, pred)
+    lite = cd.compute_score("countdown_lite", response.split("<answer>")[1].split("</answer>")[0], ROUNDED_RHS_GT)
+    assert (lite["acc"], lite["pred"]) == (acc, pred)
+
+
+def _random_expression(rng, numbers):
+    if len(numbers) == 1:
+        return str(numbers[0])
+    k = rng.randint(1, len(numbers) - 1)
+    left, right = _random_expression(rng, numbers[:k]), _random_expression(rng, numbers[k:])
+    return f"({left} {rng.choice('+-*/')} {right})" if rng.random() < 0.7 else f"{left} {rng.choice('+-*/')} {right}"
+
+
+def _right_hand_sides(rng, value):
+    exact = float(value)
+    return ["", f" = {round(exact)}", f" = {exact:.2f}", f" = {exact:.6f}", f" = {exact:.9f}",
+            f" = {value.numerator}/{value.denominator}", f" = {rng.randint(-50, 500)}"]
+
+
+def test_same_key_same_verdict_over_generated_responses():
+    """For each item: every response with one vote key gets one acc (and "" always 0), over expressions built
+    from the item's numbers (right, wrong, misused numbers), with true, rounded and false right-hand sides, in
+    both modes and in malformed wrappers."""
+    rng = random.Random(15)
+    shared = correct = 0
+    for _ in range(150):
+        numbers = [rng.randint(1, 99) for _ in range(rng.choice([2, 3, 4]))]
+        try:
+            target = cd.evaluate_expression(_random_expression(rng, rng.sample(numbers, len(numbers))))
+        except cd.InvalidExpression:
+            continue
+        gt_forms = [{"target": float(target), "numbers": numbers},
+                    {"target": f"{target.numerator}/{target.denominator}", "numbers": numbers}]
+        for gt in gt_forms:
+            verdicts: dict[str, set] = {}
+            texts: dict[str, set] = {}
+            for _ in range(40):
+                used = rng.sample(numbers, len(numbers))
+                if rng.random() < 0.15:  # misuse the numbers
+                    used = used[:-1] if len(used) > 2 and rng.random() < 0.5 else used + [rng.randint(1, 9)]
+                expr = _random_expression(rng, used)
+                try:
+                    value = cd.evaluate_expression(expr)
+                except cd.InvalidExpression:
+                    value = Fraction(0)
+                for rhs in _right_hand_sides(rng, value):
+                    answer = expr + rhs
+                    for source, response in [("countdown", full(answer)), ("countdown", "<answer>" + answer),
+                                             ("countdown", f"t</think><answer>{answer}</answer> ok"),
+                                             ("countdown_lite", answer), ("countdown_lite", f"`{answer}`.")]:
+                        out = cd.compute_score(source, response, gt)
+                        verdicts.setdefault(out["pred"], set()).add(out["acc"])
+                        texts.setdefault(out["pred"], set()).add(answer)
+            for pred, accs in verdicts.items():
+                assert len(accs) == 1, (gt, pred, accs, sorted(texts[pred])[:5])
+                if pred == "":
+                    assert accs == {0.0}
+                else:
+                    assert accs == {float(abs(Fraction(pred) - target) < Fraction(cd.TOLERANCE))}
+                    shared += len(texts[pred]) > 1
+                    correct += accs == {1.0}
+    assert shared > 500 and correct > 100  # the property was exercised, not vacuous

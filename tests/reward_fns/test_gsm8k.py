@@ -4,6 +4,7 @@ import importlib.util
 import random
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +133,61 @@ def test_stock_verl_loads_the_file():
     assert fn(data_source="openai/gsm8k", solution_str="The answer is 72.", ground_truth="72", extra_info={}) == {
         "score": 0.0, "acc": 0.0, "pred": ""}
     assert fn(data_source="openai/gsm8k", solution_str="#### 72", ground_truth="72", extra_info={})["acc"] == 1.0
+
+
+# issue 15, defect 5: digit groupings other than thousands were read as their first group ("10,00,000" -> 10)
+GROUPING_CASES = [
+    ("lakh grouping", "The prize is 10,00,000 rupees.", "1000000", "auto", 1.0, "1000000"),
+    ("lakh grouping after ####", "#### 10,00,000", "1000000", "strict", 1.0, "1000000"),
+    ("one lakh", "So 1,00,000 in all", "100000", "auto", 1.0, "100000"),
+    ("crore with decimals", "Rs. 1,23,45,678.50", "12345678.5", "auto", 1.0, "12345678.5"),
+    ("ground truth in lakh grouping", "1000000", "#### 10,00,000", "auto", 1.0, "1000000"),
+    ("a list is not a grouping", "10,00", "0", "auto", 1.0, "0"),
+    ("a bad grouping is a list", "1,2345", "2345", "auto", 1.0, "2345"),
+]
+
+
+@pytest.mark.parametrize("case", GROUPING_CASES, ids=[c[0] for c in GROUPING_CASES])
+def test_digit_groupings(case):
+    _, response, gt, mode, acc, pred = case
+    assert g.compute_score("openai/gsm8k", response, gt, extra_info={"gsm8k_mode": mode}) == {
+        "score": acc, "acc": acc, "pred": pred}
+
+
+def _written(rng, value):
+    """One way a model might write `value` (a Decimal with at most 2 decimals)."""
+    sign = "-" if value < 0 else ""
+    whole, _, frac = f"{abs(value):f}".partition(".")
+    groups = f"{int(whole):,}" if rng.random() < 0.5 else whole
+    if rng.random() < 0.2 and len(whole) > 5:  # lakh grouping
+        head, tail = whole[:-3], whole[-3:]
+        pairs = [head[max(0, i - 2) : i] for i in range(len(head), 0, -2)][::-1]
+        groups = ",".join(pairs + [tail])
+    frac = frac + "0" * rng.randint(0, 2) if frac or rng.random() < 0.2 else ""
+    text = groups + ("." + frac if frac else "")
+    text = rng.choice(["", "$"]) + text
+    return rng.choice([sign, "\u2212" if sign else ""]) + text if sign else text
+
+
+def test_same_key_same_verdict_over_generated_responses():
+    rng = random.Random(15)
+    shared = 0
+    for _ in range(60):
+        gold = Decimal(rng.choice([rng.randint(0, 10**7), rng.randint(-500, 500), rng.randint(0, 10**5) / 100]))
+        gold = gold.quantize(Decimal("0.01")) if gold != gold.to_integral_value() else gold
+        verdicts: dict[str, set] = {}
+        texts: dict[str, set] = {}
+        for _ in range(150):
+            value = gold if rng.random() < 0.4 else gold + rng.choice([1, -1, Decimal("0.5"), 100])
+            number = _written(rng, value)
+            response = rng.choice([f"#### {number}", f"The answer is {number}.", f"{number} apples",
+                                   f"so {number}\n#### {number}", f"3 + 4 = 7, then {number}", number])
+            for mode in g.MODES:
+                out = g.compute_score("openai/gsm8k", response, str(gold), gsm8k_mode=mode)
+                verdicts.setdefault(out["pred"], set()).add(out["acc"])
+                texts.setdefault(out["pred"], set()).add(response)
+        for pred, accs in verdicts.items():
+            assert len(accs) == 1, (gold, pred, accs, sorted(texts[pred])[:5])
+            shared += len(texts[pred]) > 1
+        assert verdicts.get(g.normalize_number(str(gold))) == {1.0}, (gold, verdicts)
+    assert shared > 100
