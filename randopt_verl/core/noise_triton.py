@@ -83,10 +83,14 @@ if AVAILABLE:
     _K_W1: tl.constexpr = tl.constexpr(PHILOX_W1)
 
     @triton.jit
-    def _philox_u0_u1(j, k0, k1):
-        """Words u0, u1 of Philox4x32-10 with counter (j mod 2^32, j >> 32, 0, 0), key (k0, k1); j int64."""
+    def _philox_u0_u1(j, k0, k1, NEAR: tl.constexpr):
+        """Words u0, u1 of Philox4x32-10 with counter (j mod 2^32, j >> 32, 0, 0), key (k0, k1); j int64, or int32
+        when NEAR (every pair index of the launch < 2^31: the counter's second word is 0)."""
         c0 = j.to(tl.uint32)  # truncation: j mod 2^32
-        c1 = (j >> 32).to(tl.uint32)
+        if NEAR:
+            c1 = tl.zeros_like(c0)
+        else:
+            c1 = (j >> 32).to(tl.uint32)
         c2 = tl.zeros_like(c0)
         c3 = tl.zeros_like(c0)
         key0 = k0.to(tl.uint32)
@@ -98,12 +102,12 @@ if AVAILABLE:
             c0, c1, c2, c3 = (p1 >> 32).to(tl.uint32) ^ c1 ^ key0, p1.to(tl.uint32), (p0 >> 32).to(tl.uint32) ^ c3 ^ key1, p0.to(tl.uint32)
             key0 = key0 + _K_W0  # uint32 arithmetic wraps mod 2^32
             key1 = key1 + _K_W1
-        return c0.to(tl.int64), c1.to(tl.int64)  # zero-extended
+        return c0, c1
 
     @triton.jit
     def _box_muller(u0, u1):
-        """The op-for-op twin of noise._box_muller_nb on int64 tensors of uint32 words."""
-        a = (u0 + 1).to(tl.float32) * 2.3283064365386963e-10  # * 2^-32, exact
+        """The op-for-op twin of noise._box_muller_nb on uint32 words (its integer steps rewritten in 32 bits)."""
+        a = (u0.to(tl.int64) + 1).to(tl.float32) * 2.3283064365386963e-10  # f32(u0 + 1), one rounding; * 2^-32 exact
         bits = a.to(tl.int32, bitcast=True)
         k = (bits >> 23) - 127
         mant = bits & 0x7FFFFF
@@ -118,13 +122,16 @@ if AVAILABLE:
         hfsq = f * f * 0.5
         log_a = dk * _K_LN2_HI - ((hfsq - (s * (hfsq + r_poly) + dk * _K_LN2_LO)) - f)
         r = tl.sqrt_rn(log_a * -2.0)
-        qq = (u1 + 0x20000000) >> 30
-        t = (u1 - (qq << 30)).to(tl.float32) * 9.313225746154785e-10  # * 2^-30, exact
+        # qq = (u1 + 2^29) >> 30 and t = u1 - qq * 2^30 without 64-bit ints: with u1 = a * 2^30 + b (b < 2^30),
+        # qq = a + bit 29 of u1 and t = b - bit29 * 2^30, in [-2^29, 2^29)
+        half = (u1 >> 29) & 1
+        qq = (u1 >> 30) + half
+        t = ((u1 & 0x3FFFFFFF).to(tl.int32) - (half << 30).to(tl.int32)).to(tl.float32) * 9.313225746154785e-10
         x = t * _K_PIO2
         x2 = x * x
         sn = ((x2 * _K_S3 + _K_S2) * x2 + _K_S1) * x2 * x + x
         cs = ((x2 * _K_C3 + _K_C2) * x2 + _K_C1) * x2 * x2 - x2 * 0.5 + 1.0
-        q = qq & 3
+        q = (qq & 3).to(tl.int32)  # signed: the signs below are 1 - 2 * bit
         swap = (q & 1) == 1
         c_rot = tl.where(swap, sn, cs)
         s_rot = tl.where(swap, cs, sn)
@@ -134,19 +141,26 @@ if AVAILABLE:
 
     @triton.jit
     def _perturb_kernel(src_ptr, dst_ptr, n, offset, k0, k1, sigma, HAS_SRC: tl.constexpr, SRC_BF16: tl.constexpr,
-                        DST_BF16: tl.constexpr, BLOCK: tl.constexpr):
+                        DST_BF16: tl.constexpr, NEAR: tl.constexpr, BLOCK: tl.constexpr):
         """dst[i] = cast(f32(src[i]) + eps[offset + i] * sigma) for i < n (HAS_SRC), else dst[i] = eps[offset + i].
 
         bf16 tensors arrive as int16 views and are widened and rounded in integer ops, exactly as the numba kernel
         does (round to nearest even, NaN -> 0x7FC0 like torch's CPU cast): the same bits on every device, and
         Triton's interpreter (whose own bf16 cast truncates) computes them too."""
-        pid = tl.program_id(0).to(tl.int64)
-        first_pair = offset // 2 + pid * BLOCK
-        j = first_pair + tl.arange(0, BLOCK).to(tl.int64)
-        u0, u1 = _philox_u0_u1(j, k0, k1)
+        if NEAR:  # 32-bit index arithmetic: every stream index of this launch (+ one block) is < 2^31
+            pid = tl.program_id(0)
+            lead = offset & 1
+            first_pair = (offset >> 1) + pid * BLOCK
+            j = first_pair + tl.arange(0, BLOCK)
+            idx = 2 * pid * BLOCK - lead + tl.arange(0, 2 * BLOCK)
+        else:
+            pid = tl.program_id(0).to(tl.int64)
+            first_pair = offset // 2 + pid * BLOCK
+            j = first_pair + tl.arange(0, BLOCK).to(tl.int64)
+            idx = 2 * first_pair - offset + tl.arange(0, 2 * BLOCK).to(tl.int64)
+        u0, u1 = _philox_u0_u1(j, k0, k1, NEAR)
         z0, z1 = _box_muller(u0, u1)
         z = tl.interleave(z0, z1)  # stream elements 2 * first_pair ... 2 * first_pair + 2 * BLOCK - 1
-        idx = 2 * first_pair - offset + tl.arange(0, 2 * BLOCK).to(tl.int64)
         keep = (idx >= 0) & (idx < n)
         if HAS_SRC:
             if SRC_BF16:
@@ -190,7 +204,8 @@ def launch(src: torch.Tensor | None, dst: torch.Tensor, offset: int, k0: int, k1
     _perturb_kernel[grid](
         src_arg.view(torch.int16) if src_bf16 else src_arg, dst.view(torch.int16) if dst_bf16 else dst,
         n, int(offset), int(k0), int(k1), float(sigma),
-        HAS_SRC=src is not None, SRC_BF16=src_bf16, DST_BF16=dst_bf16, BLOCK=BLOCK_PAIRS, num_warps=NUM_WARPS,
+        HAS_SRC=src is not None, SRC_BF16=src_bf16, DST_BF16=dst_bf16,
+        NEAR=offset + n + 2 * BLOCK_PAIRS < 2**31, BLOCK=BLOCK_PAIRS, num_warps=NUM_WARPS,
         enable_fp_fusion=False,  # no FMA contraction: the numba and torch twins round mul and add separately
     )
     return dst

@@ -48,9 +48,10 @@ def _ptx(enable_fp_fusion: bool) -> str:
         pytest.skip("this process imported noise_triton in interpreter mode")
     sig = {"src_ptr": "*i16", "dst_ptr": "*i16", "n": "i64", "offset": "i64", "k0": "i64", "k1": "i64",
            "sigma": "fp32", "HAS_SRC": "constexpr", "SRC_BF16": "constexpr", "DST_BF16": "constexpr",
-           "BLOCK": "constexpr"}
+           "NEAR": "constexpr", "BLOCK": "constexpr"}
     src = ASTSource(fn=T._perturb_kernel, signature=sig,
-                    constexprs={"HAS_SRC": True, "SRC_BF16": True, "DST_BF16": True, "BLOCK": T.BLOCK_PAIRS})
+                    constexprs={"HAS_SRC": True, "SRC_BF16": True, "DST_BF16": True, "NEAR": True,
+                                                 "BLOCK": T.BLOCK_PAIRS})
     try:
         kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                                 options={"num_warps": T.NUM_WARPS, "enable_fp_fusion": enable_fp_fusion})

@@ -30,7 +30,8 @@ def _noise(seed, name, n, offset):
 def test_noise_equals_numba_on_slices():
     # odd and even starts and ends, lengths across program boundaries, a counter past 2**32 (second word)
     cases = [(0, 1), (1, 1), (0, 2), (1, 2), (3, 5), (0, BLOCK_ELEMS), (1, BLOCK_ELEMS), (0, BLOCK_ELEMS + 1),
-             (BLOCK_ELEMS - 1, 3), (7, 3 * BLOCK_ELEMS + 5), ((1 << 33) + 1, 4099), ((1 << 32) - 3, 2 * BLOCK_ELEMS)]
+             (BLOCK_ELEMS - 1, 3), (7, 3 * BLOCK_ELEMS + 5), ((1 << 33) + 1, 4099), ((1 << 32) - 3, 2 * BLOCK_ELEMS),
+             (2**31 - 10_001, 3_001), (2**31 - 2 * BLOCK_ELEMS - 5, 7)]  # 32-bit index path near its bound, and just past
     for offset, n in cases:
         got = _noise(11, "layers.0.mlp.up_proj.weight", n, offset)
         ref = N.noise(11, "layers.0.mlp.up_proj.weight", n, offset=offset)
