@@ -27,6 +27,7 @@ interpreter, which the CPU tests use to check its logic against the numba kernel
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -201,11 +202,18 @@ def launch(src: torch.Tensor | None, dst: torch.Tensor, offset: int, k0: int, k1
     src_bf16 = src is not None and src.dtype == torch.bfloat16
     dst_bf16 = dst.dtype == torch.bfloat16
     src_arg = dst if src is None else src
+    # Triton launches on the current device and stream: make the current device the tensors' own
+    device_ctx = torch.cuda.device(dst.device) if dst.device.type == "cuda" else contextlib.nullcontext()
+    with device_ctx:
+        _launch(grid, src_arg.view(torch.int16) if src_bf16 else src_arg, dst.view(torch.int16) if dst_bf16 else dst,
+                n, offset, k0, k1, sigma, src is not None, src_bf16, dst_bf16)
+    return dst
+
+
+def _launch(grid, src_arg, dst_arg, n, offset, k0, k1, sigma, has_src, src_bf16, dst_bf16) -> None:
     _perturb_kernel[grid](
-        src_arg.view(torch.int16) if src_bf16 else src_arg, dst.view(torch.int16) if dst_bf16 else dst,
-        n, int(offset), int(k0), int(k1), float(sigma),
-        HAS_SRC=src is not None, SRC_BF16=src_bf16, DST_BF16=dst_bf16,
+        src_arg, dst_arg, n, int(offset), int(k0), int(k1), float(sigma),
+        HAS_SRC=has_src, SRC_BF16=src_bf16, DST_BF16=dst_bf16,
         NEAR=offset + n + 2 * BLOCK_PAIRS < 2**31, BLOCK=BLOCK_PAIRS, num_warps=NUM_WARPS,
         enable_fp_fusion=False,  # no FMA contraction: the numba and torch twins round mul and add separately
     )
-    return dst
