@@ -162,9 +162,9 @@ class SearchWorker(ActorRolloutRefWorker):
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def set_sync_candidates(self, by_replica: dict, include=None, exclude=None) -> Optional[dict]:
         """by_replica: {replica_rank: {"index", "seed", "sigma"} | None}; a missing replica gets the base."""
-        cand = by_replica.get(self.rollout.replica_rank)
-        if cand is not None:
+        if any(c is not None for c in by_replica.values()):  # every rank refuses alike, before any sync starts
             self._require_fsdp2("perturb-at-sync")
+        cand = by_replica.get(self.rollout.replica_rank)
         self._sync_candidate = None if cand is None else Candidate.from_dict(cand)
         self._param_filter = ParamFilter(include, exclude)
         return None if cand is None else dict(cand, replica=self.rollout.replica_rank)
