@@ -1,25 +1,122 @@
 """`SearchWorker`: verl's ActorRolloutRefWorker with the two things RandOpt and ES need from the training side.
 
 1. Perturb-at-sync (DESIGN decisions 2 and 3): `set_sync_candidates` gives every rank the candidate of the rollout
-   replica it feeds; the FSDP per-tensor weight stream (`engine.get_per_tensor_param`) is wrapped so that the
-   tensors leaving for that replica are base + σ·ε(seed, HF name), computed in fp32 and cast. verl's own
-   `update_weights` (and so vLLM's weight loading) runs unchanged; the FSDP parameters are never modified.
+   replica it feeds; the FSDP2 per-tensor weight stream (`engine.get_per_tensor_param`: full tensors under HF
+   names, gathered one at a time onto the GPU) is wrapped so that the tensors leaving for that replica are
+   base + σ·ε(seed, HF name), computed in fp32 and cast (one fused kernel per tensor on CUDA). A tied alias
+   (`lm_head.weight` of a model with tied embeddings) is perturbed once, under its canonical name, and carries
+   the very tensor its canonical name got. verl's own `update_weights` (and so vLLM's weight loading) runs
+   unchanged; the FSDP parameters are never modified.
 2. The ES update (`es_update`): every rank adds (α/N)·Σ z_n ε_n to its own FSDP2 shard, with the slice of the
-   canonical noise that the shard holds, in fp32. Then verl's normal weight sync carries the new weights.
+   canonical noise that the shard holds, in fp32, where the shard lives: on the GPU (the fused kernel) when it is
+   there, else on the host (with `forward_only`, verl's FSDP2 engine keeps shards in pinned CPU memory through
+   `CPUOffloadPolicy`), where each rank's numba pool uses its share of the cores so the ranks of one host do not
+   oversubscribe it. Then verl's normal weight sync carries the new weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Optional
 
 import torch
 from verl.single_controller.base.decorator import Dispatch, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from randopt_verl.core.population import Candidate, ParamFilter, perturb_named_tensors, tied_aliases
+from randopt_verl.core.noise import perturbed
+from randopt_verl.core.population import Candidate, ParamFilter, tied_aliases
 
 logger = logging.getLogger(__name__)
+
+
+def perturbed_weight_stream(
+    named_tensors: Iterable[tuple[str, torch.Tensor]],
+    candidate: Optional[Candidate],
+    param_filter: ParamFilter,
+    aliases: Mapping[str, str],
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The weight stream with selected tensors replaced by base + σ·ε(seed, canonical name) (new tensors).
+
+    Names that share one tensor (``aliases``: alias -> canonical) are perturbed once: whichever name of a tied group
+    arrives first is perturbed under the canonical name and the result is handed out again, unchanged, for the
+    other names (vLLM drops ``lm_head.weight`` of a tied model, so perturbing it again was pure waste; an engine that
+    does load it gets the same values). The held tensor is released once every name of its group has passed.
+    """
+    if candidate is None:
+        yield from named_tensors
+        return
+    group_size: dict[str, int] = {}
+    for alias, canonical in aliases.items():
+        group_size[canonical] = group_size.get(canonical, 1) + 1
+    held: dict[str, list] = {}  # canonical -> [tensor, names still to come]
+    for name, tensor in named_tensors:
+        canonical = aliases.get(name, name)
+        if canonical in held:
+            entry = held[canonical]
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del held[canonical]
+            yield name, entry[0]
+            continue
+        out = perturbed(tensor, candidate.seed, canonical, candidate.sigma) if param_filter.selects(canonical, tensor) else tensor
+        if group_size.get(canonical, 1) > 1:
+            held[canonical] = [out, group_size[canonical] - 1]
+        yield name, out
+
+
+def host_threads_per_rank() -> int:
+    """This rank's share of the host's cores: the cores this process may run on / the ranks on this host
+    (verl sets LOCAL_WORLD_SIZE in every worker), at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, cores // ranks)
+
+
+@contextlib.contextmanager
+def host_thread_share(threads: int):
+    """numba's and torch's CPU thread pools limited to ``threads`` inside the block, restored after (numba's count
+    is per calling thread, torch's per process: each rank is its own process)."""
+    import numba
+
+    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    old_nb, old_torch = numba.get_num_threads(), torch.get_num_threads()
+    numba.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        numba.set_num_threads(old_nb)
+        torch.set_num_threads(old_torch)
+
+
+def es_update_shards(named_params: Iterable[tuple[str, torch.Tensor]], seeds, z, alpha: float,
+                     param_filter: ParamFilter, threads: int) -> int:
+    """θ ← θ + (α/N)·Σ z_n ε_n on each selected (shard of a) parameter, where it lives; returns elements updated.
+
+    A CUDA shard is updated on its GPU (``noise`` takes the fused kernel there); a host shard with the numba kernel
+    in a pool of ``threads`` threads."""
+    from randopt_verl.core.es_update import es_update_
+
+    n_elems = 0
+    with torch.no_grad(), host_thread_share(threads):
+        for name, param in named_params:  # named_parameters(): tied weights appear once
+            if not param_filter.selects(name, param):
+                continue
+            local, offset = shard_offset(param)
+            if local.dtype != torch.float32:
+                raise ValueError(
+                    f"ES needs fp32 parameters to accumulate updates; {name} is {local.dtype}. "
+                    "Set actor_rollout_ref.actor.fsdp_config.model_dtype=fp32"
+                )
+            es_update_(local, name, seeds, z, alpha, offset=offset)
+            n_elems += local.numel()
+    return n_elems
 
 
 def shard_offset(param: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -47,6 +144,7 @@ class SearchWorker(ActorRolloutRefWorker):
         self._param_filter = ParamFilter(None, None)
         if "actor" in self.role and "rollout" in self.role:
             engine = self.actor.engine
+            # FSDP2 keeps each tied group one Parameter object under HF names: the aliases the stream will carry
             self._aliases = tied_aliases(engine.module)
             base_stream = engine.get_per_tensor_param
 
@@ -56,7 +154,7 @@ class SearchWorker(ActorRolloutRefWorker):
                     return gen, peft
                 if peft is not None:
                     raise ValueError("perturb-at-sync does not apply to LoRA adapters; merge them")
-                return perturb_named_tensors(gen, self._sync_candidate, self._param_filter, self._aliases), peft
+                return perturbed_weight_stream(gen, self._sync_candidate, self._param_filter, self._aliases), peft
 
             # the narrowest hook: the stream update_weights reads from; update_weights itself is verl's own
             engine.get_per_tensor_param = perturbed_stream
@@ -64,6 +162,8 @@ class SearchWorker(ActorRolloutRefWorker):
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def set_sync_candidates(self, by_replica: dict, include=None, exclude=None) -> Optional[dict]:
         """by_replica: {replica_rank: {"index", "seed", "sigma"} | None}; a missing replica gets the base."""
+        if any(c is not None for c in by_replica.values()):  # every rank refuses alike, before any sync starts
+            self._require_fsdp2("perturb-at-sync")
         cand = by_replica.get(self.rollout.replica_rank)
         self._sync_candidate = None if cand is None else Candidate.from_dict(cand)
         self._param_filter = ParamFilter(include, exclude)
@@ -71,24 +171,21 @@ class SearchWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def es_update(self, seeds: list[int], z: list[float], alpha: float, include=None, exclude=None) -> dict:
-        """θ ← θ + (α/N)·Σ z_n ε_n on this rank's shards (fp32 parameters required)."""
-        from randopt_verl.core.es_update import es_update_
+        """θ ← θ + (α/N)·Σ z_n ε_n on this rank's shards (fp32 parameters required), where the shards live."""
+        self._require_fsdp2("the ES update")
+        threads = host_threads_per_rank()
+        n = es_update_shards(self.actor.engine.module.named_parameters(), seeds, z, alpha,
+                             ParamFilter(include, exclude), threads)
+        return {"updated_elements": n, "host_threads": threads}
 
-        filt = ParamFilter(include, exclude)
-        n_elems = 0
-        with torch.no_grad():
-            for name, param in self.actor.engine.module.named_parameters():  # tied weights appear once
-                if not filt.selects(name, param):
-                    continue
-                local, offset = shard_offset(param)
-                if local.dtype != torch.float32:
-                    raise ValueError(
-                        f"ES needs fp32 parameters to accumulate updates; {name} is {local.dtype}. "
-                        "Set actor_rollout_ref.actor.fsdp_config.model_dtype=fp32"
-                    )
-                es_update_(local, name, seeds, z, alpha, offset=offset)
-                n_elems += local.numel()
-        return {"updated_elements": n_elems}
+    def _require_fsdp2(self, what: str) -> None:
+        # FSDP1 exposes flat parameters (no HF names, no per-tensor shard offsets, tied weights not detectable)
+        strategy = self.config.actor.strategy
+        if strategy != "fsdp2":
+            raise ValueError(
+                f"{what} addresses weights by HF name and shard offset, which needs FSDP2; "
+                f"actor_rollout_ref.actor.strategy is {strategy!r}: set actor_rollout_ref.actor.strategy=fsdp2"
+            )
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def named_weights(self) -> dict[str, torch.Tensor]:

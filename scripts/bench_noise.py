@@ -1,5 +1,7 @@
 # Command: .venv/bin/python scripts/bench_noise.py   (measured on 2 vCPU AMD EPYC, AVX2, no GPU; torch 2.13.0+cpu, numba 0.68.1)
-"""Cost of the canonical noise (randopt_verl.core.noise) against torch's own Gaussian sampler.
+"""Cost of the canonical noise (randopt_verl.core.noise) against torch's own Gaussian sampler, on CPU.
+
+(The CUDA kernel's throughput and bits: scripts/gpu_check.py, run on a GPU machine.)
 
 RandOpt regenerates the noise once per candidate over every weight, so this is the per-candidate cost
 of building a perturbed model on CPU. Side by side, on the same n (default 134.5M elements):
@@ -7,7 +9,7 @@ of building a perturbed model on CPU. Side by side, on the same n (default 134.5
 - ``torch.empty(n).normal_()``: the reference cost (not usable: its stream depends on the generator's
   state and the device, not on (seed, name, index));
 - ``noise()`` fast path: the numba Philox + portable Box-Muller kernel;
-- ``noise(backend="torch")``: the plain-torch int64 path (the reference/GPU path), timed on a smaller n
+- ``noise(backend="torch")``: the plain-torch int64 path (the reference, any device), timed on a smaller n
   and extrapolated linearly to n (it is ~O(n) and far too slow to run on n on 2 cores);
 - ``perturbed()`` on a bf16 and an fp32 tensor (fused numba pass), and the unfused spec formula
   ``(w.float() + sigma * noise(...)).to(bf16)`` it replaces.

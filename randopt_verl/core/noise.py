@@ -27,9 +27,11 @@ machines. They are fixed fp32 polynomial kernels built only from +, -, *, / and 
 rounds identically everywhere (sqrt is taken in fp64 and rounded, because torch's CPU sqrt is not
 correctly rounded): FreeBSD's ``logf`` reduction and polynomial (< 1 ulp) and Cephes'
 ``sinf``/``cosf`` polynomials on ``[-pi/4, pi/4]`` (a few 1e-8 relative). The same operation sequence is
-written twice: a fused numba kernel (the CPU fast path) and plain torch tensor ops (any device; the
-reference). Their results agree bitwise, which the tests check, as long as nothing fuses a multiply and
-an add into an FMA (numba does not without ``fastmath``; torch runs each op as its own kernel).
+written three times: a fused numba kernel (the CPU fast path), a fused Triton kernel (the CUDA fast path,
+``noise_triton.py``) and plain torch tensor ops (any device; the reference). Their results agree bitwise,
+which the tests check, as long as nothing fuses a multiply and an add into an FMA (numba does not without
+``fastmath``; the Triton kernel is compiled with ``enable_fp_fusion=False``; torch runs each op as its own
+kernel).
 """
 
 from __future__ import annotations
@@ -350,18 +352,30 @@ def _noise_torch(out: torch.Tensor, offset: int, k0: int, k1: int) -> None:
 # Public API
 
 
+def noise_backend(device="cpu") -> str:
+    """The backend ``backend="auto"`` picks on ``device``: "numba" on CPU, "triton" on CUDA when Triton imports,
+    else "torch" (the reference, any device)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return "numba"
+    from . import noise_triton
+
+    return "triton" if noise_triton.supports(device) else "torch"
+
+
 def noise(seed: int, name: str, numel: int, *, offset: int = 0, device="cpu", backend: str = "auto") -> torch.Tensor:
     """Elements [offset, offset + numel) of parameter ``name``'s standard-normal stream, as 1-D fp32.
 
     A slice equals the same slice of the full tensor's noise bitwise, so an FSDP shard (a contiguous
-    flat range) gets its noise without generating the rest. ``backend``: "auto" (numba on CPU, torch
-    elsewhere), "numba" (CPU only) or "torch" (the reference; any device).
+    flat range) gets its noise without generating the rest. ``backend``: "auto" (``noise_backend(device)``),
+    "numba" (CPU only), "triton" (CUDA; CPU tensors under TRITON_INTERPRET=1) or "torch" (the reference;
+    any device).
     """
     if numel < 0 or offset < 0:
         raise ValueError(f"numel and offset must be >= 0, got numel={numel}, offset={offset}")
     device = torch.device(device)
     if backend == "auto":
-        backend = "numba" if device.type == "cpu" else "torch"
+        backend = noise_backend(device)
     k0, k1 = philox_key(seed, name)
     if backend == "numba":
         if device.type != "cpu":
@@ -369,12 +383,26 @@ def noise(seed: int, name: str, numel: int, *, offset: int = 0, device="cpu", ba
         out = np.empty(numel, dtype=np.float32)
         _noise_nb(out, offset, k0, k1)
         return torch.from_numpy(out)
+    if backend == "triton":
+        from . import noise_triton
+
+        if not noise_triton.supports(device):
+            raise ValueError(f"the triton backend does not run on {device} here (Triton installed: {noise_triton.AVAILABLE})")
+        return noise_triton.launch(None, torch.empty(numel, dtype=torch.float32, device=device), offset, k0, k1, 0.0)
     if backend == "torch":
         out = torch.empty(numel, dtype=torch.float32, device=device)
         if numel:
             _noise_torch(out, offset, k0, k1)
         return out
     raise ValueError(f"unknown noise backend {backend!r}")
+
+
+def _fused_device_path(flat: torch.Tensor) -> bool:
+    if flat.device.type == "cpu" or flat.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    from . import noise_triton
+
+    return noise_triton.supports(flat.device)
 
 
 def perturbed(tensor: torch.Tensor, seed: int, name: str, sigma: float, *, offset: int = 0) -> torch.Tensor:
@@ -384,7 +412,8 @@ def perturbed(tensor: torch.Tensor, seed: int, name: str, sigma: float, *, offse
     (0 for a full tensor; the shard start for an FSDP shard). The sum is formed in fp32 whatever the
     dtype and rounded once (adding in bf16 would round the noise first, then the sum), and the
     input is never modified: base weights stay pristine (decision 2). On CPU, fp32 and bf16 go through
-    one fused numba pass (same IEEE ops, same result, ~2x faster than noise + three torch passes).
+    one fused numba pass (same IEEE ops, same result, ~2x faster than noise + three torch passes); on
+    CUDA, fp32, bf16 and fp16 go through one fused Triton pass when Triton is installed.
     """
     flat = tensor.detach().reshape(-1)
     if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.bfloat16) and flat.numel():
@@ -397,7 +426,14 @@ def perturbed(tensor: torch.Tensor, seed: int, name: str, sigma: float, *, offse
             dst = out.view(torch.int16).numpy().view(np.uint16)
         _perturbed_nb(src, dst, offset, k0, k1, np.float32(sigma))
         return out.reshape(tensor.shape)
-    eps = noise(seed, name, flat.numel(), offset=offset, device=flat.device)
+    if _fused_device_path(flat):
+        from . import noise_triton
+
+        k0, k1 = philox_key(seed, name)
+        src = flat.contiguous()
+        out = noise_triton.launch(src, torch.empty_like(src), offset, k0, k1, sigma)
+        return out.reshape(tensor.shape)
+    eps = noise(seed, name, flat.numel(), offset=offset, device=flat.device, backend="torch")
     eps.mul_(sigma)  # fp32 * fp32(sigma)
     # adding bf16/fp16 in place promotes exactly to fp32, same as flat.float(); other dtypes go via float()
     eps.add_(flat if flat.dtype in (torch.float32, torch.bfloat16, torch.float16) else flat.float())
@@ -405,6 +441,41 @@ def perturbed(tensor: torch.Tensor, seed: int, name: str, sigma: float, *, offse
 
 
 def perturb_(tensor: torch.Tensor, seed: int, name: str, sigma: float, *, offset: int = 0) -> torch.Tensor:
-    """In-place ``perturbed``: ``tensor`` becomes ``perturbed(tensor, ...)``; returns ``tensor``."""
+    """In-place ``perturbed``: ``tensor`` becomes ``perturbed(tensor, ...)``; returns ``tensor``.
+
+    A contiguous fp32/bf16/fp16 CUDA tensor is updated by the fused kernel in one pass (read and write once), which
+    is also how ``tensor += sigma * eps`` accumulates in fp32 without a noise buffer (ES's update)."""
     with torch.no_grad():
+        flat = tensor.detach().view(-1) if tensor.is_contiguous() else None
+        if flat is not None and flat.numel() and _fused_device_path(flat):
+            from . import noise_triton
+
+            k0, k1 = philox_key(seed, name)
+            noise_triton.launch(flat, flat, offset, k0, k1, sigma)
+            return tensor
         return tensor.copy_(perturbed(tensor, seed, name, sigma, offset=offset))
+
+
+def compare_devices(device="cuda", numel: int = 1_000_003, seed: int = 77, name: str = "model.norm.weight") -> list[str]:
+    """Mismatches between ``device`` and the CPU for the canonical noise and ``perturbed`` (fp32, bf16): an empty
+    list means the device reproduces the CPU bit for bit (what ``randopt-verl doctor`` checks before a GPU run).
+
+    Covers an even and an odd offset and a counter past 2**32 (the Philox counter's second word), on the path
+    ``backend="auto"`` takes there (``noise_backend(device)``)."""
+    device = torch.device(device)
+    problems = []
+    for offset in (0, 5, (1 << 33) + 1):
+        got = noise(seed, name, numel, offset=offset, device=device).cpu()
+        ref = noise(seed, name, numel, offset=offset)
+        if not torch.equal(got, ref):
+            problems.append(f"noise(offset={offset}): {int((got != ref).sum())} of {numel} elements differ")
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(numel, generator=g) * 0.02
+    for dtype in (torch.float32, torch.bfloat16):
+        w = base.to(dtype)
+        got = perturbed(w.to(device), seed, name, 1e-3, offset=3).cpu()
+        ref = perturbed(w, seed, name, 1e-3, offset=3)
+        if not torch.equal(got.view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+                           ref.view(torch.int16 if dtype == torch.bfloat16 else torch.int32)):
+            problems.append(f"perturbed({dtype}): {int((got != ref).sum())} of {numel} elements differ")
+    return problems

@@ -276,10 +276,16 @@ class SearchTrainer(PPOTrainer):
         self.sync_weights()
 
     def sync_weights(self) -> None:
-        """verl's weight sync from the FSDP actor into every replica, then a cache reset (weights changed)."""
-        self.checkpoint_manager.sleep_replicas()
+        """verl's weight sync from the FSDP actor into every replica, and nothing else.
+
+        verl's colocated ("naive") sync already does what a weight change needs: it wakes the replicas if they
+        sleep (verl's setup leaves them asleep; on an awake vLLM engine the wake-up is a no-op), loads the weights
+        in place, and resets the prefix cache once the new weights are in (cached KV blocks of the same
+        selection prompts computed with the previous candidate would otherwise be reused). RandOpt and ES never
+        train on the GPU (their FSDP2 actor is forward-only, its shards in host memory), so nothing needs the
+        replicas' memory between chunks: no sleep before the sync, no second cache reset after it.
+        """
         self.checkpoint_manager.update_weights(self.global_steps)
-        ray.get([s.clear_kv_cache.remote() for rep in self.replicas for s in rep.servers])
 
     # -- the evaluation primitive ------------------------------------------------------------------------------
     def evaluate(

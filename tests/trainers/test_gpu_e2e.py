@@ -1,5 +1,7 @@
-"""GPU end-to-end (verl special_e2e style): one small RandOpt search and one ES iteration with vLLM replicas and
-perturb-at-sync. Needs a CUDA GPU and vLLM (pip install -e '.[gpu]'); skipped cleanly otherwise."""
+"""GPU end-to-end (verl special_e2e style): perturb-at-sync into vLLM changes what a replica generates and restores
+the base exactly, one small RandOpt search, one ES iteration. Needs a CUDA GPU and vLLM (pip install -e '.[gpu]');
+skipped cleanly otherwise. The configs these tests run are checked on every CPU run too: they must pass the
+project's and verl's validation (test_gpu_configs_pass_verl_validation)."""
 
 from __future__ import annotations
 
@@ -8,43 +10,103 @@ import importlib.util
 import pytest
 import torch
 
-from randopt_verl.inprocess import compose, trainer_session
+from randopt_verl.core.population import Candidate
 from randopt_verl.core.rundir import Ledger, read_json
+from randopt_verl.inprocess import compose, trainer_session
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vLLM (pip install -e '.[gpu]')"),
-]
+
+
+def gpu(test):
+    """gpu marker, skipped cleanly without a CUDA GPU or vLLM."""
+    test = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vLLM (pip install -e '.[gpu]')")(test)
+    test = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test)
+    return pytest.mark.gpu(test)
 
 
 def _gpu(common, run_dir):
+    """The shared test overrides on one GPU with vLLM. Explicit here so the test does not depend on defaults:
+    - rollout.name=vllm: verl's default is the mandatory "???";
+    - FSDP2 actor (perturb-at-sync and the ES update address weights by HF name and shard offset);
+    - batch sizes verl's validate_config demands even of a trainer that never runs a PPO update: mini-batch <=
+      data.train_batch_size (4 here), and every micro-batch size set;
+    - sdpa attention and no remove-padding: the actor never needs flash-attn for a forward-only search."""
     args = [a for a in common(run_dir, n_ranks=1) if a != "hardware=cpu"]
-    return args + ["hardware=gpu", "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
-                   "actor_rollout_ref.rollout.gpu_memory_utilization=0.3", "actor_rollout_ref.model.use_remove_padding=false"]
+    return args + [
+        "hardware=gpu",
+        "actor_rollout_ref.rollout.name=vllm",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        "actor_rollout_ref.rollout.gpu_memory_utilization=0.3",
+        "actor_rollout_ref.actor.strategy=fsdp2",
+        "actor_rollout_ref.ref.strategy=fsdp2",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.model.use_remove_padding=false",
+        "++actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+    ]
 
 
-def test_randopt_one_gpu_vllm(common, tmp_path):
-    config = compose(_gpu(common, tmp_path) + [
-        "trainer=randopt", "randopt.population_size=2", "randopt.sigmas=[0.02]", "randopt.top_k=2",
-        "randopt.ensemble_ks=[1,2]", "randopt.selection_size=8", "randopt.test_size=4",
-        "randopt.controls.population=2"])
+RANDOPT = ["trainer=randopt", "randopt.population_size=2", "randopt.sigmas=[0.02]", "randopt.top_k=2",
+           "randopt.ensemble_ks=[1,2]", "randopt.selection_size=8", "randopt.test_size=4", "randopt.controls.population=2"]
+ES = ["trainer=es", "es.population_size=2", "es.selection_size=4", "es.test_size=4", "trainer.total_training_steps=1",
+      "trainer.save_freq=-1", "trainer.val_before_train=false"]
+
+
+@pytest.mark.parametrize("method", [RANDOPT, ES], ids=["randopt", "es"])
+def test_gpu_configs_pass_verl_validation(common, tmp_path, method):
+    """CPU check of the configs below: the project's checks (compose) and verl's validate_config, as main runs them."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    config = compose(_gpu(common, tmp_path) + method)
     assert config.actor_rollout_ref.rollout.name == "vllm"
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+
+
+def _tokens(trainer, prompts, sampling):
+    return [o.token_ids for o in trainer.generate({0: prompts}, sampling)[0]]
+
+
+@gpu
+def test_randopt_one_gpu_vllm(common, tmp_path):
+    from randopt_verl.trainers.harness import greedy
+
+    config = compose(_gpu(common, tmp_path) + RANDOPT)
     with trainer_session(config) as trainer:
         base = trainer.actor_rollout_wg.named_weights()[0]
+        # perturb-at-sync must reach vLLM: a large-sigma candidate changes greedy outputs, the base comes back exactly
+        sel = trainer.prompts(trainer.train_dataset, 8)
+        sampling = greedy(int(config.data.max_response_length))
+        trainer.load_candidates({}, how="sync", param_filter={})
+        base_out = _tokens(trainer, sel.ids, sampling)
+        trainer.load_candidates({0: Candidate(0, 7, 0.05)}, how="sync", param_filter={})
+        cand_out = _tokens(trainer, sel.ids, sampling)
+        trainer.load_candidates({}, how="sync", param_filter={})
+        again = _tokens(trainer, sel.ids, sampling)
+        assert cand_out != base_out, "a sigma=0.05 candidate generated exactly what the base did: the sync did not perturb"
+        assert again == base_out, "the base weights did not come back after a candidate"
         trainer.fit(None)
         after = trainer.actor_rollout_wg.named_weights()[0]
-    assert all(torch.equal(base[n], after[n]) for n in base)
+    assert all(torch.equal(base[n], after[n]) for n in base)  # the FSDP weights are never modified
     assert sorted(Ledger(tmp_path / "ledger.jsonl").read().by_index) == [-1, 0, 1]
-    assert "maj_at_k" in read_json(tmp_path / "results.json")
+    results = read_json(tmp_path / "results.json")
+    assert "maj_at_k" in results
 
 
+@gpu
 def test_es_one_gpu_vllm(common, tmp_path):
-    config = compose(_gpu(common, tmp_path) + [
-        "trainer=es", "es.population_size=2", "es.selection_size=4", "es.test_size=4",
-        "trainer.total_training_steps=1", "trainer.save_freq=-1", "trainer.val_before_train=false"])
+    from randopt_verl.trainers.harness import greedy
+
+    config = compose(_gpu(common, tmp_path) + ES)
     with trainer_session(config) as trainer:
         base = trainer.actor_rollout_wg.named_weights()[0]
+        sel = trainer.prompts(trainer.train_dataset, 4)
+        sampling = greedy(int(config.data.max_response_length))
+        trainer.load_candidates({}, how="sync", param_filter={})
+        base_out = _tokens(trainer, sel.ids, sampling)
+        trainer.load_candidates({0: Candidate(0, 11, 0.05)}, how="sync", param_filter={})
+        assert _tokens(trainer, sel.ids, sampling) != base_out, "an ES member equalled the base on vLLM"
         trainer.fit(None)
         after = trainer.actor_rollout_wg.named_weights()[0]
     assert any(not torch.equal(base[n], after[n]) for n in base)

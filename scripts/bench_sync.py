@@ -1,0 +1,103 @@
+"""A perturbed weight sync against generation of the selection set, side by side in one run.
+
+    CPU:  python scripts/bench_sync.py [--model PATH] [--prompts 64] [--reps 3] [--max-new-tokens 12]
+    GPU:  python scripts/bench_sync.py --hardware gpu --model PATH [--prompts 200] [--max-new-tokens 256]
+Hardware: CPU through the `hf` rollout (1 replica, default model: the embedded SmolLM2-135M-Instruct); or one GPU
+with vLLM (pip install -e '.[gpu]'), one replica. A perturbed sync is what RandOpt and ES do before every chunk of
+candidates: each rank perturbs the FSDP2 weight stream for its replica (canonical noise; the fused kernel on CUDA) and
+verl's update_weights loads it (SearchTrainer.load_candidates(how="sync")). On `hf` the script also times the
+in-place path the hf backend uses by default (how="server": no weight transfer). Prints the median seconds of each
+and the ratio sync / generation; both are measured in this run, on this machine's current load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# verl's validate_config demands these of every trainer, also one that never runs a PPO update (hardware=gpu has no
+# hardware/cpu.yaml to set them); rollout.name, FSDP2 and sdpa as in tests/trainers/test_gpu_e2e.py
+GPU_OVERRIDES = [
+    "hardware=gpu", "actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+    "actor_rollout_ref.actor.strategy=fsdp2", "actor_rollout_ref.ref.strategy=fsdp2",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4", "data.train_batch_size=4",
+    "actor_rollout_ref.model.use_remove_padding=false", "++actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+    "trainer.n_gpus_per_node=1",
+]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hardware", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--model", default=None, help="local HF model folder (default: the embedded model)")
+    ap.add_argument("--prompts", type=int, default=64, help="selection set size")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--max-new-tokens", type=int, default=12)
+    ap.add_argument("--sigma", type=float, default=1e-3)
+    a = ap.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+    from randopt_verl.assets import data, embedded
+    from randopt_verl.core.population import Candidate
+    from randopt_verl.inprocess import compose, trainer_session
+    from randopt_verl.trainers.harness import greedy
+
+    model = a.model or embedded.default_model_path()
+    work = Path(tempfile.mkdtemp(prefix="bench_sync_"))
+    files = data.write_splits(data.generate_countdown_lite(a.prompts + 8, seed=0), work / "data", a.prompts, 8)
+    overrides = [
+        "trainer=randopt", f"actor_rollout_ref.model.path={model}",
+        f"data.train_files={files['train']}", f"data.val_files={files['test']}",
+        f"reward.custom_reward_function.path={ROOT / 'reward_fns' / 'countdown.py'}",
+        "data.max_prompt_length=128", f"data.max_response_length={a.max_new_tokens}",
+        f"randopt.selection_size={a.prompts}", "randopt.population_size=8", "randopt.top_k=1",
+        "randopt.ensemble_ks=[1]", f"trainer.default_local_dir={work / 'run'}", "trainer.logger=[console]",
+    ]
+    overrides += GPU_OVERRIDES if a.hardware == "gpu" else ["hardware=cpu"]
+    config = compose(overrides)
+    backend = str(config.actor_rollout_ref.rollout.name)
+    with trainer_session(config) as trainer:
+        sel = trainer.prompts(trainer.train_dataset, a.prompts)
+        sampling = greedy(a.max_new_tokens)
+        replicas = [rep.replica_rank for rep in trainer.replicas]
+        hows = ["sync", "server"] if backend == "hf" else ["sync"]
+        # warm-up: first sync (wakes the replicas verl's setup put to sleep), first batch, kernel compilation
+        for how in hows:
+            trainer.load_candidates({r: Candidate(0, 1, a.sigma) for r in replicas}, how=how, param_filter={})
+        trainer.generate({r: sel.ids for r in replicas}, sampling)
+
+        times: dict[str, list[float]] = {f"perturbed sync ({h})": [] for h in hows}
+        times["generate selection set"] = []
+        for i in range(a.reps):
+            for how in hows:
+                cand = {r: Candidate(i, 1000 + 17 * i + r, a.sigma) for r in replicas}
+                t0 = time.perf_counter()
+                trainer.load_candidates(cand, how=how, param_filter={})
+                times[f"perturbed sync ({how})"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            trainer.generate({r: sel.ids for r in replicas}, sampling)
+            times["generate selection set"].append(time.perf_counter() - t0)
+        n_params = sum(w.numel() for w in trainer.actor_rollout_wg.named_weights()[0].values())
+
+    gen = statistics.median(times["generate selection set"])
+    print(f"\nmodel {model}: {n_params / 1e6:.1f}M parameters; rollout {backend}, {len(replicas)} replica(s); "
+          f"{a.prompts} prompts x <= {a.max_new_tokens} new tokens; median of {a.reps}; load average "
+          f"{os.getloadavg()[0]:.1f}")
+    for label, v in times.items():
+        print(f"  {label:<34} {statistics.median(v):8.3f} s   ({', '.join(f'{x:.3f}' for x in v)})")
+    for how in hows:
+        print(f"ratio perturbed sync ({how}) / generation   {statistics.median(times[f'perturbed sync ({how})']) / gen:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""SearchWorker's pieces that run without a cluster: the perturbed weight stream (tied aliases perturbed once), the
+host thread share of the ES update, and the update itself on plain and offset shards."""
+
+from __future__ import annotations
+
+import numba
+import pytest
+import torch
+import verl  # noqa: F401  (imported first, as in a worker process: verl loads the plugin, which imports workers)
+
+from randopt_verl import workers as W
+from randopt_verl.core.es_update import es_update_
+from randopt_verl.core.noise import noise, perturbed
+from randopt_verl.core.population import Candidate, ParamFilter, tied_aliases
+
+
+class Tied(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed_tokens = torch.nn.Embedding(11, 4)
+        self.layer = torch.nn.Linear(4, 4)
+        self.lm_head = torch.nn.Linear(4, 11, bias=False)
+        self.lm_head.weight = self.embed_tokens.weight
+
+
+def _stream(model):
+    # what verl's FSDP2 engine yields: state_dict order, every name (aliases included), a new tensor per entry
+    return ((n, t.detach().clone()) for n, t in model.state_dict().items())
+
+
+def test_tied_alias_is_perturbed_once_and_carries_the_canonical_tensor(monkeypatch):
+    model = Tied()
+    aliases = tied_aliases(model)
+    assert aliases == {"lm_head.weight": "embed_tokens.weight"}
+    calls = []
+
+    def counting(tensor, seed, name, sigma, **kw):
+        calls.append(name)
+        return perturbed(tensor, seed, name, sigma, **kw)
+
+    monkeypatch.setattr(W, "perturbed", counting)
+    cand = Candidate(0, 123, 1e-2)
+    out = list(W.perturbed_weight_stream(_stream(model), cand, ParamFilter(None, None), aliases))
+    assert [n for n, _ in out] == list(model.state_dict())
+    assert sorted(calls) == ["embed_tokens.weight", "layer.bias", "layer.weight"]  # lm_head not perturbed again
+    got = dict(out)
+    assert got["lm_head.weight"] is got["embed_tokens.weight"]
+    w = model.embed_tokens.weight.detach()
+    assert torch.equal(got["embed_tokens.weight"], perturbed(w, 123, "embed_tokens.weight", 1e-2))
+    assert not torch.equal(got["embed_tokens.weight"], w)
+
+
+def test_alias_first_in_the_stream_and_filters_use_the_canonical_name():
+    model = Tied()
+    aliases = tied_aliases(model)
+    items = list(_stream(model))[::-1]  # the alias now arrives before its canonical name
+    cand = Candidate(0, 5, 1e-2)
+    got = dict(W.perturbed_weight_stream(iter(items), cand, ParamFilter(["embed"], None), aliases))
+    assert got["lm_head.weight"] is got["embed_tokens.weight"]
+    assert torch.equal(got["lm_head.weight"], perturbed(model.embed_tokens.weight.detach(), 5, "embed_tokens.weight", 1e-2))
+    assert torch.equal(got["layer.weight"], model.layer.weight.detach())  # not selected: passed through
+
+
+def test_no_candidate_passes_the_stream_through():
+    model = Tied()
+    items = list(_stream(model))
+    out = list(W.perturbed_weight_stream(iter(items), None, ParamFilter(None, None), tied_aliases(model)))
+    assert all(a[1] is b[1] for a, b in zip(out, items))
+
+
+def test_host_threads_per_rank_divides_the_cores(monkeypatch):
+    monkeypatch.setattr(W.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert W.host_threads_per_rank() == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert W.host_threads_per_rank() == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert W.host_threads_per_rank() == 16
+
+
+def test_host_thread_share_sets_and_restores_both_pools():
+    before = (numba.get_num_threads(), torch.get_num_threads())
+    seen = []
+
+    @numba.njit(parallel=True)
+    def threads_in_use(n):
+        out = 0
+        for _ in numba.prange(n):
+            out = max(out, numba.get_num_threads())
+        return out
+
+    with W.host_thread_share(1) as t:
+        seen.append((t, numba.get_num_threads(), torch.get_num_threads(), threads_in_use(4)))
+    assert seen == [(1, 1, 1, 1)]
+    assert (numba.get_num_threads(), torch.get_num_threads()) == before
+
+
+def test_es_update_shards_equals_the_formula_on_full_and_offset_shards():
+    torch.manual_seed(0)
+    full = {"a.weight": torch.randn(6, 5), "b.bias": torch.randn(7)}
+    seeds, z, alpha = [3, 4, 9], [0.5, -1.25, 0.75], 0.01
+    expected = {n: es_update_(t.clone(), n, seeds, z, alpha) for n, t in full.items()}
+    params = [(n, torch.nn.Parameter(t.clone())) for n, t in full.items()]
+    n = W.es_update_shards(params, seeds, z, alpha, ParamFilter(None, ["bias"]), threads=1)
+    assert n == 30
+    got = dict(params)
+    assert torch.equal(got["a.weight"].detach(), expected["a.weight"])
+    assert torch.equal(got["b.bias"].detach(), full["b.bias"])  # excluded
+    # by hand: theta + (alpha / N) * sum z_n eps_n, accumulated in fp32
+    acc = sum(noise(s, "a.weight", 30) * zz for s, zz in zip(seeds, z))
+    assert torch.allclose(got["a.weight"].detach().reshape(-1), full["a.weight"].reshape(-1) + alpha / 3 * acc, atol=1e-6)
+
+
+def test_es_update_shards_refuses_bf16():
+    with pytest.raises(ValueError, match="model_dtype=fp32"):
+        W.es_update_shards([("w", torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16)))], [1], [1.0], 0.1,
+                           ParamFilter(None, None), threads=1)
