@@ -47,7 +47,7 @@ def register() -> None:
 if os.environ.get("RANDOPT_VERL_PLUGIN", "1") != "0":
     try:
         register()
-    except Exception as exc:  # pragma: no cover - exercised by tests/test_plugin.py through a subprocess
+    except Exception as exc:  # pragma: no cover - exercised by tests/test_entry_points.py through a subprocess
         msg = (
             f"randopt_verl: the verl plugin failed to load ({type(exc).__name__}: {exc}). verl hides this at DEBUG "
             "level, and CPU runs then fail later with CUDA errors. Check that verl==0.9.1 is installed in this "

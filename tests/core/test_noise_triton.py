@@ -5,7 +5,7 @@ On a CPU the kernel runs through Triton's interpreter. Triton fixes interpreted-
 (tests/core/triton_interpreter_cases.py: Philox, Box-Muller, pair interleaving, masks, odd offsets, far
 counters, the bf16 rounding, in-place updates) run in a fresh interpreter started with TRITON_INTERPRET=1.
 Whether CUDA's compiled code gives the same bits is checked by the `gpu` test below (and
-scripts/gpu_check.sh); a compile-only test (no GPU needed: Triton ships ptxas) checks that the kernel is
+scripts/gpu_check.py); a compile-only test (no GPU needed: Triton ships ptxas) checks that the kernel is
 built without multiply-add contraction.
 """
 
@@ -72,7 +72,7 @@ def test_kernel_compiles_for_h100_class_gpus_without_fma():
     assert re.search(r"\bfma\.", _ptx(enable_fp_fusion=True))
 
 
-# --- CUDA: the compiled kernel's bits (run by scripts/gpu_check.sh on a GPU machine) -------------------------
+# --- CUDA: the compiled kernel's bits (run by scripts/gpu_check.py on a GPU machine) -------------------------
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
