@@ -26,6 +26,7 @@ import transfer_queue as tq
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+from randopt_verl import preflight
 from randopt_verl.trainers.harness import Cost, keep_until
 from randopt_verl.workers import use_search_worker
 
@@ -35,6 +36,10 @@ COST_FILE = "cost.json"
 
 @register_trainer("grpo")
 class GRPOTrainer(PPOTrainerSync):
+    def __init__(self, config):
+        preflight.trainer_init(config)  # checks and runtime defaults, whatever entry point composed the config
+        super().__init__(config)
+
     def _init_resource_pool_mgr(self):
         # SearchWorker adds methods only (named_weights for tests, an inactive stream wrapper): GRPO is unchanged,
         # and the same worker class serves all three methods
