@@ -130,6 +130,9 @@ def _composition_message(exc: Exception, overrides: list[str]) -> str:
     if m and ("not in struct" in cause or "not in struct" in text or "Could not delete" in text):
         key = m.group(1)
         rest = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+        node = key.split(".", 1)[0]
+        if node in ("randopt", "es") and f"trainer={node}" not in rest:
+            return f"{key}: the {node}.* keys exist only under trainer={node}; drop it for this trainer"
         hint = closest(key, _all_keys(rest, key))
         return (f"unknown key {key}{hint}. To add a new key on purpose, write +{key}=... (only where the code "
                 "reads it)")
