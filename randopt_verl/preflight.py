@@ -41,6 +41,9 @@ EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_MACHINE = 3
 
+# the VERL_FILE_LOGGER_PATH value runtime_defaults set (an environment variable, so Ray processes see it too)
+_OUR_LOGGER_PATH = "RANDOPT_VERL_DEFAULT_FILE_LOGGER_PATH"
+
 # hydra's own command-line flags that make randopt_verl.main print or sweep instead of running one job
 _NO_RUN_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve", "--shell-completion",
                  "-sc", "--multirun", "-m")
@@ -71,7 +74,10 @@ def runtime_defaults(config) -> None:
     default_env()
     path = run_dir(config)
     os.makedirs(path, exist_ok=True)
-    os.environ.setdefault("VERL_FILE_LOGGER_PATH", os.path.join(path, "metrics.jsonl"))
+    # a value the user set is kept; one we set for an earlier run in this process (inprocess sessions) is not
+    current = os.environ.get("VERL_FILE_LOGGER_PATH")
+    if current is None or current == os.environ.get(_OUR_LOGGER_PATH):
+        os.environ["VERL_FILE_LOGGER_PATH"] = os.environ[_OUR_LOGGER_PATH] = os.path.join(path, "metrics.jsonl")
 
 
 def trainer_init(config) -> None:
