@@ -212,3 +212,21 @@ def test_runtime_defaults_follow_each_run_but_keep_a_users_logger_path(tmp_path,
     monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(tmp_path / "mine.jsonl"))
     preflight.runtime_defaults(preflight.compose(base))
     assert os.environ["VERL_FILE_LOGGER_PATH"] == str(tmp_path / "mine.jsonl")
+
+
+def test_install_checks_name_the_package_and_the_fix(tiny_model, big_toy_data, tmp_path):
+    from importlib.util import find_spec
+
+    gpu = ["hardware=gpu", "trainer.n_gpus_per_node=8", *_pointed([], tiny_model, big_toy_data, tmp_path)]
+    grpo = {r.name: r for r in preflight.install_report(preflight.compose(["trainer=grpo", *gpu]))}
+    randopt = {r.name: r for r in preflight.install_report(preflight.compose(["trainer=randopt", *gpu]))}
+    flash = "flash-attn (FSDP actor attention)"
+    assert randopt[flash].status == "skip"  # the randopt/es actor never runs a forward pass
+    if find_spec("flash_attn") is None:
+        assert grpo[flash].status == "fail"
+        assert "pip install -e '.[gpu]'" in grpo[flash].detail and "attn_implementation=sdpa" in grpo[flash].detail
+    if find_spec("vllm") is None:
+        vllm = randopt["vLLM (rollout backend)"]
+        assert vllm.status == "fail" and f"vllm=={preflight.verl_pin('vllm', 'vllm')}" in vllm.detail
+    cpu = preflight.compose(["trainer=grpo", "hardware=cpu", *_pointed([], tiny_model, big_toy_data, tmp_path)])
+    assert {r.status for r in preflight.install_report(cpu)} == {"skip"}
