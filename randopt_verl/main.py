@@ -51,7 +51,8 @@ def main() -> None:
     preflight.default_env()
     sys.argv = _add_hardware_default(sys.argv)
     overrides, _ = preflight.hydra_overrides(sys.argv[1:])
-    if "--multirun" not in sys.argv and "-m" not in sys.argv:
+    other_config = {"--multirun", "-m", "--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd"}
+    if not other_config & {a.split("=", 1)[0] for a in sys.argv[1:]}:
         # compose once with hydra's compose API first: a key that does not exist is reported with the closest
         # known key (hydra would print "Key ... is not in struct" and exit 1)
         try:

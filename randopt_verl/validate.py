@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
