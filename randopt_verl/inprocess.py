@@ -33,7 +33,7 @@ def trainer_session(config):
 
     from randopt_verl import preflight
 
-    preflight.runtime_defaults(config)  # the environment randopt_verl.main gives a run, before Ray starts
+    preflight.default_env()  # the environment randopt_verl.main gives a run, before Ray starts
     ray_init = OmegaConf.to_container(config.ray_kwargs.ray_init, resolve=True)
     # verl's runtime env merged with the config's, as verl.trainer.main_ppo.run_ppo does
     runtime_env = OmegaConf.merge(get_ppo_ray_runtime_env(config), ray_init.get("runtime_env") or {})

@@ -43,7 +43,6 @@ def run(config: DictConfig) -> None:
         preflight.prepare(config)
     except ConfigError as exc:
         raise _config_error(exc) from None
-    preflight.runtime_defaults(config)  # before ray.init, so every Ray process inherits it
     run_ppo(config, task_runner_class=TaskRunnerV1)
 
 

@@ -1,6 +1,7 @@
 """verl plugin entry point (`verl.plugins` group in pyproject.toml): verl imports it in every process it starts.
 
-It sets the runtime environment defaults (randopt_verl.preflight.default_env), registers the `hf` rollout backend, the `cpu` platform with its patches (only where no accelerator is found),
+It sets the environment defaults (randopt_verl.preflight.default_env), registers the `hf` rollout backend, the `cpu`
+platform with its patches (only where no accelerator is found),
 and the `randopt` and `es` trainers. verl 0.9.1 swallows plugin import errors at DEBUG level
 (verl/__init__.py), which would leave a CPU run failing later with an unrelated CUDA error, so any failure here is
 logged at ERROR with the fix before being re-raised.

@@ -16,7 +16,8 @@ One code path for every entry point:
   noise on CUDA equal bit for bit to the CPU noise.
 - `prepare(config)`: what `randopt_verl.main` and `inprocess` run: config and install checks, the first failure
   raised as one `ConfigError` line. `trainer_init(config)` is the hook the trainers call in verl's TaskRunner, so
-  `python -m verl.trainer.main_ppo --config-name randopt_ppo` gets the same checks and runtime defaults.
+  `python -m verl.trainer.main_ppo --config-name randopt_ppo` gets the same checks and environment (`default_env`,
+  also set by the plugin in every process).
 
 Exit statuses (doctor and `randopt_verl.main` alike): 0 the run would start / ran; 2 a config mistake (one line on
 stderr, `randopt_verl: config error: ...`, no traceback); 3 (doctor only) the config is fine but this machine is
@@ -41,9 +42,6 @@ EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_MACHINE = 3
 
-# the VERL_FILE_LOGGER_PATH value runtime_defaults set (an environment variable, so Ray processes see it too)
-_OUR_LOGGER_PATH = "RANDOPT_VERL_DEFAULT_FILE_LOGGER_PATH"
-
 # hydra's own command-line flags that make randopt_verl.main print or sweep instead of running one job
 _NO_RUN_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve", "--shell-completion",
                  "-sc", "--multirun", "-m")
@@ -53,8 +51,10 @@ _NO_RUN_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", 
 
 
 def default_env() -> None:
-    """Environment every entry point runs with (set before Ray starts; the plugin sets them in every process):
-    Ray's token auth and wandb both want the network; tokenizers' thread pool fights Ray's fork."""
+    """Environment every entry point runs with: set by randopt_verl.main and inprocess before Ray starts, and by the
+    plugin in every process verl starts (so verl's own entry point has it before its ray.init too). Ray's token
+    auth and wandb both want the network; tokenizers' thread pool fights Ray's fork. (The metrics path is the
+    trainers' own: GRPOTrainer.fit points verl's file logger at the run directory, randopt/es write theirs.)"""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("WANDB_MODE", "disabled")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -67,26 +67,13 @@ def run_dir(config) -> str:
     return str(node.run_dir) if node is not None and node.get("run_dir") else str(config.trainer.default_local_dir)
 
 
-def runtime_defaults(config) -> None:
-    """verl's "file" logger writes into the current process's directory unless told otherwise: point it at the run
-    directory, where `randopt-verl compare` looks. Called on the driver (before Ray starts, so every Ray process
-    inherits it) and in the trainer's __init__ (the TaskRunner, where verl's Tracking opens the file)."""
-    default_env()
-    path = run_dir(config)
-    os.makedirs(path, exist_ok=True)
-    # a value the user set is kept; one we set for an earlier run in this process (inprocess sessions) is not
-    current = os.environ.get("VERL_FILE_LOGGER_PATH")
-    if current is None or current == os.environ.get(_OUR_LOGGER_PATH):
-        os.environ["VERL_FILE_LOGGER_PATH"] = os.environ[_OUR_LOGGER_PATH] = os.path.join(path, "metrics.jsonl")
-
-
 def trainer_init(config) -> None:
     """The trainers' hook (their __init__, in verl's TaskRunner): the checks and runtime defaults, whatever entry
     point composed the config."""
     from randopt_verl import validate
 
     validate.check(config)
-    runtime_defaults(config)
+    default_env()
 
 
 # ------------------------------------------------------------------------------------------------ composing

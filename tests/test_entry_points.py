@@ -76,6 +76,14 @@ def test_config_mistakes_leave_main_as_one_line_and_status_2(tiny_model, toy_dat
         assert "Traceback" not in out.stderr and "Error executing job" not in out.stderr
 
 
+def test_verls_own_entry_point_gets_the_same_environment():
+    # verl's driver imports verl (and so the plugin) before its ray.init: the defaults randopt_verl.main sets
+    code = ("import os\nfor k in ('RAY_AUTH_MODE', 'WANDB_MODE', 'TOKENIZERS_PARALLELISM'): os.environ.pop(k, None)\n"
+            "import verl\nprint(os.environ['RAY_AUTH_MODE'], os.environ['WANDB_MODE'], os.environ['TOKENIZERS_PARALLELISM'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split()[-3:] == ["disabled", "disabled", "false"], out.stderr[-2000:]
+
+
 def test_plugin_failure_is_loud():
     code = "import sys; sys.modules['randopt_verl.trainers'] = None; import verl"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

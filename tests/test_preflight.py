@@ -201,19 +201,6 @@ def test_cuda_noise_equals_cpu_noise():
     assert "bitwise equal" in preflight.check_cuda_noise()
 
 
-def test_runtime_defaults_follow_each_run_but_keep_a_users_logger_path(tmp_path, monkeypatch, tiny_model, toy_data):
-    monkeypatch.delenv("VERL_FILE_LOGGER_PATH", raising=False)
-    monkeypatch.delenv(preflight._OUR_LOGGER_PATH, raising=False)
-    base = ["trainer=grpo", "hardware=cpu", *_pointed([], tiny_model, toy_data, tmp_path)]
-    for name in ("a", "b"):  # two in-process sessions: each run's metrics go to its own directory
-        preflight.runtime_defaults(preflight.compose(base + [f"trainer.default_local_dir={tmp_path / name}"]))
-        assert os.environ["VERL_FILE_LOGGER_PATH"] == str(tmp_path / name / "metrics.jsonl")
-    assert os.environ["RAY_AUTH_MODE"] and os.environ["TOKENIZERS_PARALLELISM"] == "false"
-    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(tmp_path / "mine.jsonl"))
-    preflight.runtime_defaults(preflight.compose(base))
-    assert os.environ["VERL_FILE_LOGGER_PATH"] == str(tmp_path / "mine.jsonl")
-
-
 def test_install_checks_name_the_package_and_the_fix(tiny_model, big_toy_data, tmp_path):
     from importlib.util import find_spec
 
