@@ -5,17 +5,18 @@
 Hardware: any; `--config-only` needs no GPU and starts no Ray, so CI runs it on the GPU commands.
 
 One code path for every entry point:
-- `compose(overrides)`: the config `python -m randopt_verl.main OVERRIDES` runs (hydra's compose API, the same
-  automatic `hardware=cpu` on a machine without CUDA); a key that does not exist names the closest one.
+- `compose(overrides)`: the config `python -m randopt_verl.main OVERRIDES` runs (hydra's compose API; doctor and
+  main add `hardware=cpu` the same way on a machine without CUDA); a key that does not exist names the closest one.
 - `config_report(config)`: this package's checks (randopt_verl/validate.py, randopt_verl/config/schema.py), the
-  reward function called on one test row, verl's own `validate_config`, and the config dataclasses verl's workers
+  reward function called on one test row (doctor only), verl's own `validate_config`, and the config dataclasses verl's workers
   build from the tree (actor, ref, rollout, model, checkpoint engine), each as one checklist line.
 - `install_report(config)`: the packages the config needs (vLLM at a version verl accepts, flash-attn where the
   FSDP actor runs forward passes with it) -- by metadata, nothing imported.
 - `machine_report(config)`: torch and CUDA, visible GPUs against trainer.n_gpus_per_node, Ray, and the canonical
   noise on CUDA equal bit for bit to the CPU noise.
-- `prepare(config)`: what `randopt_verl.main` and `inprocess` run: config and install checks, the first failure
-  raised as one `ConfigError` line. `trainer_init(config)` is the hook the trainers call in verl's TaskRunner, so
+- `prepare(config)`: what `randopt_verl.main` and `inprocess` run: the same config and install checks (all but the
+  reward call on one row, which a run tolerates per sample), the first failure raised as one `ConfigError` line.
+- `trainer_init(config)`: the hook the trainers call in verl's TaskRunner, so
   `python -m verl.trainer.main_ppo --config-name randopt_ppo` gets the same checks and environment (`default_env`,
   also set by the plugin in every process).
 
@@ -206,8 +207,10 @@ class _Warn(Exception):
     pass
 
 
-def config_report(config, *, check_files: bool = True) -> list[Result]:
-    """Every config check, in order; `config` is absolutized in place first (as the run would)."""
+def config_report(config, *, check_files: bool = True, call_reward: bool = True) -> list[Result]:
+    """Every config check, in order; `config` is absolutized in place first (as the run would). `call_reward`:
+    also score one test row with the reward function (doctor only: a run records a sample whose reward raises or
+    hangs as that sample's error and goes on, so one bad row must not stop it)."""
     from randopt_verl import validate
 
     try:
@@ -217,7 +220,7 @@ def config_report(config, *, check_files: bool = True) -> list[Result]:
         return [Result("config tree", "fail", str(exc))]
     out = [_run(name, step) for name, step in steps]
     failed = any(r.status == "fail" for r in out)
-    if check_files:
+    if check_files and call_reward:
         files_ok = all(r.status == "ok" for r in out[:4])
         out.append(_run("reward function scores one test row", lambda: _reward_row(config, files_ok)))
     out.append(_run("verl validate_config", lambda: _verl_validate(config)))
@@ -226,12 +229,31 @@ def config_report(config, *, check_files: bool = True) -> list[Result]:
     return out
 
 
-def _reward_row(config, files_ok: bool) -> str:
+def _reward_row(config, files_ok: bool, timeout_s: float = 60.0) -> str:
+    """The reward on one row, in a daemon thread: a reward that hangs fails this line instead of hanging doctor."""
+    import threading
+
     from randopt_verl import validate
 
     if not files_ok:
         raise _Skip("needs the files above")
-    return f"score {validate.call_reward_on_one_row(config):g} for the row's own ground truth"
+    box: dict = {}
+
+    def call():
+        try:
+            box["score"] = validate.call_reward_on_one_row(config)
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=call, daemon=True, name="randopt-verl-doctor-reward")
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise ConfigError(f"reward.custom_reward_function did not return within {timeout_s:g} s on the first test row: "
+                          "a reward that hangs costs a sample per call (or the run, without a time limit)")
+    if "error" in box:
+        raise box["error"]
+    return f"score {box['score']:g} for the row's own ground truth"
 
 
 # verl's validate_config messages that do not name the key to change, with the key and the fix
@@ -436,7 +458,7 @@ def machine_report(config) -> list[Result]:
 def prepare(config) -> None:
     """What randopt_verl.main and inprocess run before Ray starts: the config and install checks of doctor,
     raising the first failure as one ConfigError line."""
-    for result in config_report(config) + install_report(config):
+    for result in config_report(config, call_reward=False) + install_report(config):
         if result.status == "fail":
             raise ConfigError(f"{result.name}: {result.detail}")
 

@@ -217,3 +217,21 @@ def test_install_checks_name_the_package_and_the_fix(tiny_model, big_toy_data, t
         assert vllm.status == "fail" and f"vllm=={preflight.verl_pin('vllm', 'vllm')}" in vllm.detail
     cpu = preflight.compose(["trainer=grpo", "hardware=cpu", *_pointed([], tiny_model, big_toy_data, tmp_path)])
     assert {r.status for r in preflight.install_report(cpu)} == {"skip"}
+
+
+def test_reward_on_one_row_is_doctors_and_a_hang_fails_its_line(tiny_model, toy_data, tmp_path):
+    from randopt_verl.inprocess import compose
+
+    raising = tmp_path / "raising.py"
+    raising.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+                       "    raise RuntimeError('broken reward')\n")
+    hanging = tmp_path / "hanging.py"
+    hanging.write_text("import time\n\ndef compute_score(**kwargs):\n    time.sleep(30)\n")
+    base = ["trainer=randopt", "hardware=cpu", *_pointed([], tiny_model, toy_data, tmp_path / "run")]
+    # a run records a raising sample's error and goes on: compose (main's checks) accepts it, doctor flags it
+    compose(base + [f"reward.custom_reward_function.path={raising}"])
+    status, text = _doctor(base + [f"reward.custom_reward_function.path={raising}"])
+    assert status == 2 and "[FAIL] reward function scores one test row: " in text and "broken reward" in text
+    config = preflight.compose(base + [f"reward.custom_reward_function.path={hanging}"])
+    with pytest.raises(preflight.ConfigError, match="did not return within 1 s"):
+        preflight._reward_row(config, True, timeout_s=1)
