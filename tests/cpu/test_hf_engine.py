@@ -1,4 +1,5 @@
-"""The hf rollout engine: batching must not change greedy outputs, candidates are exact and restorable."""
+"""The hf rollout engine: batching must not change greedy outputs, candidates are exact and restorable (fp32 here;
+bf16 weights and dtype selection: test_hf_precision.py; shared-prefix reuse: test_hf_prefix.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ GREEDY = Sampling.from_params({"temperature": 0})
 
 @pytest.fixture(scope="module")
 def engine(tiny_model):
-    return HFEngine(tiny_model, max_response_length=12, max_batch_size=8, threads=1)
+    return HFEngine(tiny_model, dtype="float32", max_response_length=12, max_batch_size=8, threads=1)
 
 
 @pytest.fixture(scope="module")
