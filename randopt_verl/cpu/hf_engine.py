@@ -32,6 +32,9 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+# the keys of actor_rollout_ref.rollout.engine_kwargs.hf (read by hf_rollout.hf_options; Ray-free for config checks)
+HF_OPTIONS = ("max_batch_size", "threads", "batch_window_s", "share_prefix", "min_shared_prefix")
+
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
