@@ -1,10 +1,11 @@
 """The hf rollout engine against its compute roofline: the per-candidate selection pass, several ways, in one run.
 
     python scripts/bench_hf_server.py [--model PATH] [--prompts 128] [--max-new-tokens 12] [--threads 2]
-                                      [--candidates 2] [--modes fp32-unshared,bf16-shared] [--batcher]
+                                      [--candidates 2] [--modes fp32-unshared,bf16-shared,bf16-unshared-16] [--batcher]
 Hardware: any CPU (bf16 modes are skipped where the CPU has no bf16 matrix instructions, unless --force-bf16).
 Default model: the embedded SmolLM2-135M-Instruct; prompts: the demo's countdown-lite selection prompts (chat
-template applied), greedy. Per mode (dtype x shared-prefix reuse) it loads a fresh engine, then for each of
+template applied), greedy. Per mode (dtype-sharing[-batch]: fp32|bf16, shared|unshared, optionally a batch size
+other than --max-batch-size) it loads a fresh engine, then for each of
 --candidates candidates times set_candidate (pristine + σ·ε) and generate_batch over all prompts (what RandOpt's
 generate_many does). It prints generated tokens/s, seconds per candidate and the ratio of the generation time to a
 roofline: the model's matmul FLOPs (2 x Linear weights x every prompt and generated token, plus attention
@@ -12,14 +13,19 @@ roofline: the model's matmul FLOPs (2 x Linear weights x every prompt and genera
 dtype on the model's own Linear shapes at this batch size. Shared-prefix reuse does less work than that count, so
 its ratio can fall below 1. Modes run one after another in one process, so their ratios are side by side.
 --batcher adds the concurrent-request path (the Batcher, what verl's agent loop sends) for the first mode.
+Last, for every pair of modes, how many responses differ in at least one token (the same candidates and prompts).
+OMP_WAIT_POLICY=PASSIVE, as hardware=cpu sets for its Ray workers (spinning OpenMP threads slow numba's noise kernels).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 
 def gemm_rate(shapes: list[tuple[int, int, int]], dtype, seconds: float = 0.5) -> float:
@@ -65,8 +71,8 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--candidates", type=int, default=2)
-    ap.add_argument("--max-batch-size", type=int, default=None, help="default: all prompts in one batch")
-    ap.add_argument("--modes", default="fp32-unshared,fp32-shared,bf16-unshared,bf16-shared")
+    ap.add_argument("--max-batch-size", type=int, default=64, help="prompts per forward pass (hardware=cpu's 64)")
+    ap.add_argument("--modes", default="fp32-unshared,fp32-shared,bf16-unshared,bf16-shared,bf16-unshared-16")
     ap.add_argument("--force-bf16", action="store_true")
     ap.add_argument("--batcher", action="store_true")
     a = ap.parse_args()
@@ -84,18 +90,19 @@ def main() -> int:
     rows = data.generate_countdown_lite(a.prompts, seed=demo.DATA_SEED, template=demo.PROMPT)
     prompts = [tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
                for r in rows]
-    batch = a.max_batch_size or len(prompts)
+    default_batch = min(a.max_batch_size, len(prompts))
     greedy = Sampling.from_params({"temperature": 0})
     unit = bf16_matmul_unit()
     lens = sorted(len(p) for p in prompts)
     print(f"model {model}; {len(prompts)} prompts of {lens[0]}-{lens[-1]} tokens (common prefix "
-          f"{common_prefix_len(prompts)}), <= {a.max_new_tokens} new tokens, greedy, batch {batch}, "
-          f"{a.threads} threads; bf16 matrix unit: {unit or 'none'}")
+          f"{common_prefix_len(prompts)}), <= {a.max_new_tokens} new tokens, greedy, batch "
+          f"{default_batch}, {a.threads} threads; bf16 matrix unit: {unit or 'none'}")
 
     rates: dict = {}
     results: dict[str, dict] = {}
     for mode in a.modes.split(","):
-        dtype_name, sharing = mode.split("-")
+        dtype_name, sharing, *rest = mode.split("-")
+        batch = int(rest[0]) if rest else default_batch
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
         if dtype == torch.bfloat16 and unit is None and not a.force_bf16:
             print(f"{mode}: skipped (no bf16 matrix instructions; --force-bf16 runs it emulated)")
@@ -116,12 +123,13 @@ def main() -> int:
         flops, shapes = model_flops(engine.model, [len(p) for p in prompts], new_lens)
         if dtype not in rates:
             # the model's own Linear shapes, at prefill rows (batch x prompt tokens) and decode rows (batch)
-            m_rows = sorted({batch, min(batch * lens[-1], 4096)})
+            m_rows = sorted({default_batch, min(default_batch * lens[-1], 4096)})
             rates[dtype] = gemm_rate([(m, k, n) for m in m_rows for k, n in shapes], dtype)
-        roof = flops / rates[dtype]
+        rate = rates[dtype]
+        roof = flops / rate
         gen, setc = min(t_gen), min(t_set)
-        print(f"{mode:14s} generate {gen:6.2f} s  {sum(new_lens) / gen:7.1f} tok/s  set_candidate {setc:5.2f} s  "
-              f"per candidate {gen + setc:6.2f} s  roofline {roof:5.2f} s at {rates[dtype] / 1e9:5.0f} GFLOP/s "
+        print(f"{mode:17s} generate {gen:6.2f} s  {sum(new_lens) / gen:7.1f} tok/s  set_candidate {setc:5.2f} s  "
+              f"per candidate {gen + setc:6.2f} s  roofline {roof:5.2f} s at {rate / 1e9:5.0f} GFLOP/s "
               f"({flops / 1e9:.0f} GFLOP)  generate/roofline {gen / roof:5.2f}")
         if a.batcher and mode == a.modes.split(",")[0]:
             async def concurrent():
@@ -133,15 +141,16 @@ def main() -> int:
             conc, n_batches = asyncio.run(concurrent())
             t = time.perf_counter() - t0
             same = [o.token_ids for o in conc] == results[mode][a.candidates - 1]
-            print(f"{mode:14s} via Batcher {t:6.2f} s in {n_batches} batches; same tokens as generate_batch: {same}")
+            print(f"{mode:17s} via Batcher {t:6.2f} s in {n_batches} batches; same tokens as generate_batch: {same}")
         del engine
 
-    # how often the tokens differ between modes (the same candidates, the same prompts)
+    # how often the responses differ between modes (the same candidates, the same prompts)
     names = list(results)
-    for m in names[1:]:
-        differ = sum(x != y for c in results[m] for x, y in zip(results[names[0]][c], results[m][c]))
-        total = sum(len(results[m][c]) for c in results[m])
-        print(f"{m} vs {names[0]}: {differ}/{total} responses differ in at least one token")
+    for i, m in enumerate(names):
+        for other in names[:i]:
+            differ = sum(x != y for c in results[m] for x, y in zip(results[other][c], results[m][c]))
+            total = sum(len(results[m][c]) for c in results[m])
+            print(f"{m} vs {other}: {differ}/{total} responses differ in at least one token")
     return 0
 
 
