@@ -4,8 +4,8 @@
                                       [--candidates 2] [--modes fp32-unshared,bf16-shared,bf16-unshared-16] [--batcher]
 Hardware: any CPU (bf16 modes are skipped where the CPU has no bf16 matrix instructions, unless --force-bf16).
 Default model: the embedded SmolLM2-135M-Instruct; prompts: the demo's countdown-lite selection prompts (chat
-template applied), greedy. Per mode (dtype-sharing[-batch]: fp32|bf16, shared|unshared, optionally a batch size
-other than --max-batch-size) it loads a fresh engine, then for each of
+template applied), greedy. Per mode (dtype-sharing[-batch][-attn]: fp32|bf16, shared|unshared, optionally a batch size
+other than --max-batch-size and an attention implementation other than sdpa) it loads a fresh engine, then for each of
 --candidates candidates times set_candidate (pristine + σ·ε) and generate_batch over all prompts (what RandOpt's
 generate_many does). It prints generated tokens/s, seconds per candidate and the ratio of the generation time to a
 roofline: the model's matmul FLOPs (2 x Linear weights x every prompt and generated token, plus attention
@@ -79,11 +79,13 @@ def main() -> int:
 
     import torch
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from randopt_verl.assets import data, embedded
     from randopt_verl.cpu.hf_engine import Batcher, HFEngine, Sampling, bf16_matmul_unit, common_prefix_len
     from randopt_verl.tools import demo
 
+    hf_logging.disable_progress_bar()  # one engine load per mode: keep the table readable
     torch.set_num_threads(a.threads)
     model = a.model or embedded.default_model_path()
     tok = AutoTokenizer.from_pretrained(model)
@@ -102,13 +104,14 @@ def main() -> int:
     results: dict[str, dict] = {}
     for mode in a.modes.split(","):
         dtype_name, sharing, *rest = mode.split("-")
-        batch = int(rest[0]) if rest else default_batch
+        batch = next((int(r) for r in rest if r.isdigit()), default_batch)
+        attn = next((r for r in rest if not r.isdigit()), "sdpa")
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
         if dtype == torch.bfloat16 and unit is None and not a.force_bf16:
             print(f"{mode}: skipped (no bf16 matrix instructions; --force-bf16 runs it emulated)")
             continue
         engine = HFEngine(model, dtype=dtype, max_response_length=a.max_new_tokens, max_batch_size=batch,
-                          threads=a.threads, share_prefix=sharing == "shared")
+                          threads=a.threads, share_prefix=sharing == "shared", attn_implementation=attn)
         engine.generate_batch(prompts[:4], greedy)  # warm-up (kernels, allocator)
         t_set, t_gen, outs = [], [], None
         for c in range(a.candidates):

@@ -76,6 +76,36 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     return DTYPES[key]
 
 
+GQA_ATTENTION = "randopt_grouped_eager"
+
+
+def grouped_eager_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' eager attention (additive mask, softmax in fp32) without expanding grouped K/V heads.
+
+    Query heads h = g*kv_head + j share kv_head (the order of transformers' repeat_kv), so the queries are viewed as
+    [batch, kv_heads, group*q, dim] and multiply the cached K/V directly. On a CPU this avoids copying the whole K/V
+    cache per layer and step, which the sdpa path does (its flash kernel runs grouped heads only without a mask)."""
+    batch, heads, q_len, dim = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    group = heads // kv_heads
+    scaling = dim**-0.5 if scaling is None else scaling
+    scores = torch.matmul(query.reshape(batch, kv_heads, group * q_len, dim), key.transpose(2, 3)) * scaling
+    scores = scores.view(batch, kv_heads, group, q_len, kv_len)
+    if attention_mask is not None:  # [batch, 1, q, kv], additive (0 or the dtype's minimum)
+        scores = scores + attention_mask[:, :, None]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(probs.view(batch, kv_heads, group * q_len, kv_len), value)
+    return out.view(batch, heads, q_len, dim).transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register(GQA_ATTENTION, grouped_eager_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(GQA_ATTENTION, eager_mask)
+
+
 @dataclass(frozen=True)
 class Sampling:
     """The sampling settings a batch must share (max_tokens may differ per request)."""
@@ -157,6 +187,8 @@ class HFEngine:
         from randopt_verl.core.population import tied_aliases
 
         torch.set_num_threads(threads)
+        if attn_implementation == GQA_ATTENTION:
+            _register_attention()
         self.dtype = resolve_dtype(dtype)
         # fp32 first: the pristine copy keeps the checkpoint's values (a bf16 checkpoint widens exactly)
         self.model = AutoModelForCausalLM.from_pretrained(
