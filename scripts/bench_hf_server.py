@@ -5,7 +5,8 @@
 Hardware: any CPU (bf16 modes are skipped where the CPU has no bf16 matrix instructions, unless --force-bf16).
 Default model: the embedded SmolLM2-135M-Instruct; prompts: the demo's countdown-lite selection prompts (chat
 template applied), greedy. Per mode (dtype-sharing[-batch][-attn]: fp32|bf16, shared|unshared, optionally a batch size
-other than --max-batch-size and an attention implementation other than sdpa) it loads a fresh engine, then for each of
+other than --max-batch-size and an attention implementation (sdpa, eager, randopt_grouped_eager; default: the
+engine's choice) it loads a fresh engine, then for each of
 --candidates candidates times set_candidate (pristine + σ·ε) and generate_batch over all prompts (what RandOpt's
 generate_many does). It prints generated tokens/s, seconds per candidate and the ratio of the generation time to a
 roofline: the model's matmul FLOPs (2 x Linear weights x every prompt and generated token, plus attention
@@ -105,7 +106,7 @@ def main() -> int:
     for mode in a.modes.split(","):
         dtype_name, sharing, *rest = mode.split("-")
         batch = next((int(r) for r in rest if r.isdigit()), default_batch)
-        attn = next((r for r in rest if not r.isdigit()), "sdpa")
+        attn = next((r for r in rest if not r.isdigit()), "auto")
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
         if dtype == torch.bfloat16 and unit is None and not a.force_bf16:
             print(f"{mode}: skipped (no bf16 matrix instructions; --force-bf16 runs it emulated)")
@@ -131,7 +132,7 @@ def main() -> int:
         rate = rates[dtype]
         roof = flops / rate
         gen, setc = min(t_gen), min(t_set)
-        print(f"{mode:17s} generate {gen:6.2f} s  {sum(new_lens) / gen:7.1f} tok/s  set_candidate {setc:5.2f} s  "
+        print(f"{mode:17s} [{engine.attn_implementation}] generate {gen:6.2f} s  {sum(new_lens) / gen:7.1f} tok/s  set_candidate {setc:5.2f} s  "
               f"per candidate {gen + setc:6.2f} s  roofline {roof:5.2f} s at {rate / 1e9:5.0f} GFLOP/s "
               f"({flops / 1e9:.0f} GFLOP)  generate/roofline {gen / roof:5.2f}")
         if a.batcher and mode == a.modes.split(",")[0]:
