@@ -71,7 +71,8 @@ def test_bf16_replicas(n_ranks, tiny_model, toy_data, tmp_path_factory, monkeypa
             want = {n: noise.perturbed(w, cand.seed, aliases.get(n, n), cand.sigma).to(torch.bfloat16)
                     for n, w in base.items()}
             for how in ("sync", "server"):  # perturb-at-sync through verl's stream, then in place
-                trainer.load_candidates({}, how=how, param_filter={})
+                # the base through verl's sync first: a synced candidate becomes the server's pristine weights
+                trainer.load_candidates({}, how="sync", param_filter={})
                 trainer.load_candidates({0: cand}, how=how, param_filter={})
                 got = ray.get(server.get_weights.remote())
                 assert all(torch.equal(got[n], want[n]) for n in got), how
