@@ -7,8 +7,8 @@ engine serves that contract with `transformers.generate`, in batches:
 - weights change only by `load_weights` (verl's weight sync) or `set_candidate` (RandOpt: pristine + σ·ε, computed
   from the pristine copy taken at the last `load_weights`, so "restore" is exact by construction).
 
-Precision (`dtype`): the model computes in `dtype`, by default bf16 where the CPU has bf16 matrix instructions
-(AMX or AVX512-BF16) and fp32 elsewhere (`resolve_dtype`). The pristine copy is always fp32, as the weights
+Precision (`dtype`): the model computes in `dtype`: fp32 unless asked; hardware=cpu asks for "auto", which is bf16
+where the CPU has bf16 matrix instructions (AMX or AVX512-BF16) and fp32 elsewhere (`resolve_dtype`). The pristine copy is always fp32, as the weights
 come from the checkpoint or verl's fp32 FSDP stream; a candidate is formed in fp32 from it (`base + σ·ε`, the
 canonical noise) and rounded to `dtype` once on the copy into the model, which is how the same fp32 tensors reach
 vLLM's bf16 model on a GPU. So a candidate's weights here are `bf16(fp32 base + σ·ε)` bit for bit, whichever
@@ -175,7 +175,7 @@ class HFEngine:
         self,
         model_path: str,
         *,
-        dtype: str | torch.dtype = "auto",
+        dtype: str | torch.dtype = torch.float32,
         max_response_length: int,
         max_batch_size: int = 64,
         threads: int = 1,
