@@ -5,7 +5,7 @@ LLMServerClient, RolloutReplica and CheckpointEngineManager in verl 0.9.1), so v
 weight sync run unchanged on top of it. Two additions serve RandOpt and ES:
 - `generate_many(prompts, sampling_params)`: a whole prompt list in fixed, ordered batches, so a candidate's
   scores do not depend on request arrival timing (and so not on the number of replicas);
-- `set_candidate(seed, sigma, include, exclude)`: pristine + σ·ε in place (DESIGN decision 3), equal to what
+- `set_candidate(seed, sigma, include, exclude)`: pristine + σ·ε in place (docs/ARCHITECTURE.md, decisions 2 and 3), equal to what
   perturb-at-sync would send, rounded once to the server's dtype (tests/trainers/test_randopt.py and
   tests/cpu/test_hf_bf16_replicas.py check both paths give the same weights).
 """
