@@ -94,6 +94,7 @@ import numpy as np
 
 __all__ = [
     "rank", "top_k", "vote", "Outcome", "ensemble_outcomes", "ensemble_accuracy", "maj_at_k", "random_k",
+    "random_k_per_prompt",
     "self_consistency", "base_maj_at_k", "fallback_pred", "normalise_reward", "fraction_beating_base", "sigma_key",
 ]
 
@@ -206,17 +207,27 @@ def random_k(table: Any, population_members: Sequence[Any], k: int, draws: int, 
     Returns ``{"k", "mean", "std", "draws": [acc per draw], "n_population", "seed"}``.
     """
     pop = list(population_members)
+    accs = [ensemble_accuracy(table, voters) for voters in _random_draws(pop, k, draws, seed)]
+    arr = np.asarray(accs, dtype=np.float64)
+    return {"k": int(k), "mean": float(arr.mean()), "std": float(arr.std()), "draws": accs,
+            "n_population": len(pop), "seed": int(seed)}
+
+
+def _random_draws(pop: list, k: int, draws: int, seed: int) -> list[list]:
+    """The voters of each random-k draw (a random subset in random, drawn, order); see the module doc."""
     _check_k(k, len(pop), "random_k")
     if draws < 1:
         raise ValueError(f"random_k: draws={draws} must be >= 1")
     rng = _k_rng(seed, k)
-    accs = []
-    for _ in range(draws):
-        idx = rng.choice(len(pop), size=k, replace=False)  # a random subset in random (drawn) order
-        accs.append(ensemble_accuracy(table, [pop[i] for i in idx]))
-    arr = np.asarray(accs, dtype=np.float64)
-    return {"k": int(k), "mean": float(arr.mean()), "std": float(arr.std()), "draws": accs,
-            "n_population": len(pop), "seed": int(seed)}
+    return [[pop[i] for i in rng.choice(len(pop), size=k, replace=False)] for _ in range(draws)]
+
+
+def random_k_per_prompt(table: Any, population_members: Sequence[Any], k: int, draws: int, seed: int) -> list[float]:
+    """Per prompt, the voted correctness averaged over the same draws as `random_k` (its mean is random_k's mean):
+    the random-k side of a paired comparison over prompts."""
+    per_draw = [[o.acc for o in ensemble_outcomes(table, voters)]
+                for voters in _random_draws(list(population_members), k, draws, seed)]
+    return [float(x) for x in np.mean(np.asarray(per_draw, dtype=np.float64), axis=0)]
 
 
 def self_consistency(samples_table: Sequence[Any], k: int) -> float:

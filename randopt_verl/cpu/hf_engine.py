@@ -93,7 +93,7 @@ class HFEngine:
         self.lock = threading.Lock()
         self.pristine: dict[str, torch.Tensor] = {}
         self._snapshot_pristine()
-        self.candidate: Optional[tuple[int, float]] = None
+        self.candidate: Optional[tuple] = None  # the held terms ((seed, coeff), ...)
 
     # -- weights -------------------------------------------------------------------------------------------
     def _snapshot_pristine(self) -> None:
@@ -119,12 +119,18 @@ class HFEngine:
 
     def set_candidate(self, seed: Optional[int], sigma: float = 0.0, param_filter=None) -> None:
         """Hold pristine + σ·ε(seed) (the canonical noise), or the pristine weights when seed is None."""
-        from randopt_verl.core.population import Candidate, ParamFilter, perturb_module_
+        from randopt_verl.core.population import Candidate
 
-        cand = None if seed is None else Candidate(index=-1, seed=int(seed), sigma=float(sigma))
+        self.hold(None if seed is None else Candidate(index=-1, seed=int(seed), sigma=float(sigma)), param_filter)
+
+    def hold(self, candidate, param_filter=None) -> None:
+        """Hold a `Candidate` or `Merged` (pristine + Σ coeff·ε over its terms, `population.combined`), or the
+        pristine weights for None."""
+        from randopt_verl.core.population import ParamFilter, perturb_module_
+
         with self.lock:
-            perturb_module_(self.model, cand, param_filter or ParamFilter(None, None), self.pristine)
-            self.candidate = None if cand is None else (cand.seed, cand.sigma)
+            perturb_module_(self.model, candidate, param_filter or ParamFilter(None, None), self.pristine)
+            self.candidate = None if candidate is None else candidate.terms()
 
     def named_weights(self) -> dict[str, torch.Tensor]:
         with self.lock:
