@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 RANDOPT_KEYS = {
     "population_size", "sigmas", "seed", "top_k", "ensemble_ks", "selection_size", "test_size", "run_dir",
-    "perturb_at", "param_filter", "controls", "plots",
+    "perturb_at", "param_filter", "controls", "plots", "consolidate",
 }
 CONTROLS_KEYS = {"random_k_draws", "population", "base_self_consistency", "temperature"}
 ES_KEYS = {"population_size", "sigma", "alpha", "seed", "selection_size", "test_size", "run_dir", "param_filter"}
@@ -242,6 +242,17 @@ def _check_randopt(config: DictConfig) -> None:
     if ro.perturb_at == "server" and config.actor_rollout_ref.rollout.name != "hf":
         raise ConfigError("randopt.perturb_at=server needs the hf rollout; vLLM replicas take perturb_at=sync")
     _check_filter(ro.get("param_filter"), "randopt.param_filter")
+    from randopt_verl.trainers.consolidate import KEYS as CONSOLIDATE_KEYS, settings
+
+    if ro.get("consolidate") is not None:
+        _unknown(ro.consolidate, set(CONSOLIDATE_KEYS), "randopt.consolidate")
+    try:
+        merge = settings(ro)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if merge.enabled and merge.over == "top_k" and k < 2:
+        raise ConfigError("randopt.consolidate needs at least 2 members: raise randopt.top_k or set "
+                          "randopt.consolidate.over=population")
     c = ro.get("controls")
     if c is not None:
         _unknown(c, CONTROLS_KEYS, "randopt.controls")

@@ -49,6 +49,9 @@ VARIANTS = ("weighted", "shuffled")
 PERMUTATION_KEY = 0xC0
 
 
+KEYS = ("enabled", "weighting", "over", "scales", "shuffled_control")  # randopt.consolidate.*
+
+
 @dataclass(frozen=True)
 class Settings:
     enabled: bool = False
