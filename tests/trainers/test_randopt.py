@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 SEARCH = [
     "trainer=randopt",
     "randopt.population_size=5",
-    "randopt.sigmas=[0.02,0.05]",
+    "randopt.sigmas=[0.05,0.1]",  # large enough to change the tiny model's answers (and so its scores)
     "randopt.top_k=2",
     "randopt.ensemble_ks=[1,2]",
     "randopt.selection_size=8",
@@ -38,6 +38,15 @@ SEARCH = [
     "randopt.controls.random_k_draws=5",
     "actor_rollout_ref.rollout.engine_kwargs.hf.max_batch_size=4",
 ]
+
+
+VARIED_REWARD = str(Path(__file__).resolve().parents[1] / "fixtures" / "varied_reward.py")
+
+
+def _args(common, run_dir: Path, n_ranks: int) -> list[str]:
+    """The shared overrides with a reward whose scores differ between candidates (a consolidation weights them)."""
+    return [f"reward.custom_reward_function.path={VARIED_REWARD}" if a.startswith("reward.custom_reward_function.path=")
+            else a for a in common(run_dir, n_ranks=n_ranks)]
 
 
 def _ledger(path: Path) -> dict[int, tuple]:
@@ -67,7 +76,7 @@ def searches(common, tmp_path_factory) -> dict:
     """The same search on 2 replicas (with the weight-path checks) and on 1 replica."""
     out: dict = {}
     run_dir = tmp_path_factory.mktemp("ro_r2")
-    with trainer_session(compose(SEARCH + CONSOLIDATE + common(run_dir, n_ranks=2))) as trainer:
+    with trainer_session(compose(SEARCH + CONSOLIDATE + _args(common, run_dir, 2))) as trainer:
         base = trainer.actor_rollout_wg.named_weights()[0]
         servers = [rep.server_handle for rep in trainer.replicas]
         cand, everything = Candidate(index=0, seed=1234, sigma=0.05), ParamFilter()
@@ -94,7 +103,7 @@ def searches(common, tmp_path_factory) -> dict:
                          merged_sync=merged_sync, merged_server=merged_server)
 
     run_dir = tmp_path_factory.mktemp("ro_r1")
-    with trainer_session(compose(SEARCH + common(run_dir, n_ranks=1) + ["randopt.plots=false"])) as trainer:
+    with trainer_session(compose(SEARCH + _args(common, run_dir, 1) + ["randopt.plots=false"])) as trainer:
         trainer.fit(None)
         out["r1_before"] = read_json(run_dir / "results.json")
         # the finished search again with the consolidation on: nothing of the search is scored again
@@ -169,6 +178,7 @@ def test_consolidation_phase(searches):
     assert {"maj_at_k_vs_random_k", "maj_at_k_vs_base", "consolidated_vs_shuffled_control",
             "consolidated_vs_base"} <= set(res["paired"])
     assert res["diagnostics"]["n_tested"] >= 2 and "selection_test_spearman" in res["diagnostics"]
+    assert any(rec["weights"]) and len(chosen["terms"]) >= 2  # the scores differed: a real merge was scored
 
 
 def test_consolidating_a_finished_run_afterwards_gives_the_same_model(searches):
@@ -237,7 +247,7 @@ def _gone(pgid: int, timeout: float = 60.0) -> bool:
 def test_sigkill_then_resume_with_verls_entry_point(common, tmp_path_factory, searches):
     run_dir = tmp_path_factory.mktemp("ro_kill")
     # 12 candidates (the first 5 are the other runs' 5: sampling is prefix-stable), killed after 2 are on disk
-    args = SEARCH + common(run_dir, n_ranks=1) + ["randopt.plots=false", "randopt.population_size=12"]
+    args = SEARCH + _args(common, run_dir, 1) + ["randopt.plots=false", "randopt.population_size=12"]
     # RAY_ADDRESS=local: a Ray cluster private to this run, never another one on the machine
     env = dict(os.environ, RANDOPT_VERL_ROLLOUT_THREADS="1", RAY_ADDRESS="local")
     ledger = run_dir / "ledger.jsonl"
