@@ -13,16 +13,12 @@ import contextlib
 
 
 def compose(overrides: list[str]):
-    """The config `python -m randopt_verl.main OVERRIDES...` would run, absolutized and validated."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
+    """The config `python -m randopt_verl.main OVERRIDES...` would run, absolutized and checked exactly as main
+    checks it (randopt_verl.preflight.prepare: a mistake raises ConfigError). Pass hardware=cpu on CPU."""
+    from randopt_verl import preflight
 
-    from randopt_verl import validate
-
-    with initialize_config_module("randopt_verl.config", version_base=None):
-        config = hydra_compose("randopt_ppo", overrides=list(overrides))
-    validate.absolutize(config)
-    validate.check(config)
+    config = preflight.compose(overrides)
+    preflight.prepare(config)
     return config
 
 
@@ -35,6 +31,9 @@ def trainer_session(config):
     from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
     from verl.trainer.ppo.v1 import get_trainer_cls
 
+    from randopt_verl import preflight
+
+    preflight.default_env()  # the environment randopt_verl.main gives a run, before Ray starts
     ray_init = OmegaConf.to_container(config.ray_kwargs.ray_init, resolve=True)
     # verl's runtime env merged with the config's, as verl.trainer.main_ppo.run_ppo does
     runtime_env = OmegaConf.merge(get_ppo_ray_runtime_env(config), ray_init.get("runtime_env") or {})

@@ -1,10 +1,10 @@
 """verl plugin entry point (`verl.plugins` group in pyproject.toml): verl imports it in every process it starts.
 
-It registers the `hf` rollout backend, the `cpu` platform with its patches (only where no accelerator is found),
-the `randopt` and `es` trainers, and the reward time limit (`reward_guard`: a wrapper of verl's
-`get_custom_reward_fn`). verl 0.9.1 swallows plugin import errors at DEBUG level (verl/__init__.py), which would
-leave a CPU run failing later with an unrelated CUDA error, so any failure here is logged at ERROR with the fix
-before being re-raised.
+It sets the environment defaults (randopt_verl.preflight.default_env), registers the `hf` rollout backend, the `cpu`
+platform with its patches (only where no accelerator is found), the `randopt` and `es` trainers, and the reward time
+limit (`reward_guard`: a wrapper of verl's `get_custom_reward_fn`). verl 0.9.1 swallows plugin import errors at DEBUG
+level (verl/__init__.py), which would leave a CPU run failing later with an unrelated CUDA error, so any failure here
+is logged at ERROR with the fix before being re-raised.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ def register() -> None:
     # torchtitan, ...); none of them is used here, and the noise buries real warnings in every Ray worker.
     warnings.filterwarnings("ignore", message=r".* engine is not available", category=UserWarning)
 
+    from randopt_verl.preflight import default_env
+
+    # the environment randopt_verl.main sets, for verl's own entry point too (the driver imports verl, and with it
+    # this plugin, before ray.init)
+    default_env()
     from randopt_verl.cpu import patches
     from randopt_verl.cpu import platform as _cpu_platform  # noqa: F401  registers PlatformRegistry["cpu"]
 

@@ -1,6 +1,9 @@
 """Config checks that run before Ray starts or any model loads, each failing with a message that says how to fix it.
 
-`check(config)` is called by `randopt_verl.main` on the driver, and again by the randopt/es trainers (so the stock
+This module holds the checks that look across verl's tree, at files and at the reward function; each key of this
+package's own nodes (randopt.*, es.*) is typed and checked by its dataclass in randopt_verl/config/schema.py.
+`check(config)` runs both; randopt_verl.preflight runs it (with verl's own checks) for `randopt_verl.main`,
+`randopt-verl doctor` and `inprocess`, and the trainers run it again in verl's TaskRunner (so the stock
 `python -m verl.trainer.main_ppo --config-name randopt_ppo` entry point gets the same checks before `_setup`).
 `absolutize(config)` turns relative file paths absolute: verl's Ray workers do not run in the caller's directory.
 """
@@ -9,23 +12,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work; the message says what to change."""
+from randopt_verl.config.errors import ConfigError
 
+__all__ = ["ConfigError", "absolutize", "check", "replicas"]
 
-RANDOPT_KEYS = {
-    "population_size", "sigmas", "seed", "top_k", "ensemble_ks", "selection_size", "test_size", "run_dir",
-    "perturb_at", "param_filter", "controls", "plots", "consolidate",
-}
-CONTROLS_KEYS = {"random_k_draws", "population", "base_self_consistency", "temperature"}
-ES_KEYS = {"population_size", "sigma", "alpha", "seed", "selection_size", "test_size", "run_dir", "param_filter"}
+HF_ENGINE_KEYS = {"max_batch_size", "threads", "batch_window_s"}
 REQUIRED_COLUMNS = ("prompt", "data_source", "reward_model")
 
 
@@ -65,19 +62,34 @@ def absolutize(config: DictConfig) -> None:
                 config[node].run_dir = os.path.abspath(str(config[node].run_dir))
 
 
-def check(config: DictConfig, *, check_files: bool = True) -> None:
-    _check_trainer_node(config)
+def steps(config: DictConfig, *, check_files: bool = True) -> list[tuple[str, Callable[[], None]]]:
+    """The checks of `check`, named, in order (randopt-verl doctor prints one line per step)."""
+    _check_trainer_node(config)  # every other step reads verl's trainer node
     mode = config.trainer.v1.trainer_mode
+    out = []
     if check_files:
-        _check_model(config)
-        _check_data(config, "train_files", "selection set" if mode in ("randopt", "es") else "training data")
-        _check_data(config, "val_files", "test set")
-        _check_reward(config)
-    _check_rollout(config)
+        train = "selection set" if mode in ("randopt", "es") else "training data"
+        out += [
+            ("model folder (actor_rollout_ref.model.path)", lambda: _check_model(config)),
+            (f"{train} (data.train_files)", lambda: _check_data(config, "train_files", train)),
+            ("test set (data.val_files)", lambda: _check_data(config, "val_files", "test set")),
+            ("reward function imports (reward.custom_reward_function)", lambda: _check_reward(config)),
+        ]
+        if mode not in ("randopt", "es"):
+            out.append(("training steps (data.train_batch_size, trainer.total_epochs)", lambda: _check_steps(config)))
+    out.append(("rollout backend and replicas (actor_rollout_ref.rollout)", lambda: _check_rollout(config)))
+    out.append(("reward time limit (reward_guard)", lambda: _check_reward_guard(config)))
     if mode == "randopt":
-        _check_randopt(config)
+        out.append(("randopt.* (RandOptConfig) and the keys it fixes", lambda: _check_randopt(config)))
     elif mode == "es":
-        _check_es(config)
+        out.append(("es.* (ESConfig) and the keys it fixes", lambda: _check_es(config)))
+    return out
+
+
+def check(config: DictConfig, *, check_files: bool = True) -> None:
+    """Raise ConfigError (its message names the key and the fix) at the first check that fails."""
+    for _, step in steps(config, check_files=check_files):
+        step()
 
 
 def _check_trainer_node(config: DictConfig) -> None:
@@ -128,6 +140,36 @@ def _check_data(config: DictConfig, key: str, what: str) -> None:
             )
 
 
+def _check_steps(config: DictConfig) -> None:
+    """verl's trainer loop runs len(train_files) // data.train_batch_size steps per epoch (drop_last) and stops after
+    trainer.total_epochs epochs even when trainer.total_training_steps asks for more."""
+    import pyarrow.parquet as pq
+
+    rows = sum(pq.read_metadata(f).num_rows for f in _files(config.data.train_files))
+    batch = int(config.data.train_batch_size)
+    per_epoch = rows // batch
+    if per_epoch == 0:
+        raise ConfigError(f"data.train_batch_size={batch} exceeds the {rows} rows of data.train_files: verl would run "
+                          f"no training step; set data.train_batch_size <= {rows}")
+    steps = config.trainer.get("total_training_steps")
+    epochs = int(config.trainer.total_epochs)
+    if steps is not None and per_epoch * epochs < int(steps):
+        need = -(-int(steps) // per_epoch)
+        raise ConfigError(f"trainer.total_training_steps={steps} needs {need} epochs of {per_epoch} steps ({rows} rows "
+                          f"/ data.train_batch_size={batch}) but trainer.total_epochs={epochs}: verl stops at "
+                          f"{per_epoch * epochs} steps; set trainer.total_epochs={need}")
+
+
+def _check_reward_guard(config: DictConfig) -> None:
+    # checked here, before Ray starts; otherwise a bad value would surface only when a reward worker starts
+    from randopt_verl import reward_guard
+
+    try:
+        reward_guard.check(config)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _check_reward(config: DictConfig) -> None:
     crf = config.reward.custom_reward_function
     path = crf.get("path")
@@ -153,137 +195,120 @@ def _check_reward(config: DictConfig) -> None:
                           "reward.custom_reward_function.name to the scoring function's name")
 
 
+def call_reward_on_one_row(config: DictConfig) -> float:
+    """Load the reward function as verl's reward loop does and score the first test row, answered with its own
+    ground truth; returns the score. A function that raises or returns no number fails here, not mid-run."""
+    import asyncio
+    import inspect
+
+    import pyarrow.parquet as pq
+
+    files = _files(config.data.get("val_files"))
+    row = pq.read_table(files[0]).slice(0, 1).to_pylist()[0]
+    ground_truth = (row.get("reward_model") or {}).get("ground_truth")
+    crf = config.reward.custom_reward_function
+    if crf.get("path"):
+        from verl.trainer.ppo.reward import get_custom_reward_fn
+
+        fn, what = get_custom_reward_fn(config), f"reward.custom_reward_function.path={crf.path}"
+    else:
+        from verl.utils.reward_score import default_compute_score as fn
+
+        what = "verl's default_compute_score (reward.custom_reward_function.path is not set)"
+    # the keyword arguments verl's naive reward manager passes
+    extra_info = {**dict(row.get("extra_info") or {}), "num_turns": None, "rollout_reward_scores": {}}
+    try:
+        out = fn(data_source=row["data_source"], solution_str=str(ground_truth), ground_truth=ground_truth,
+                 extra_info=extra_info)
+        if inspect.isawaitable(out):
+            out = asyncio.run(out)
+    except Exception as exc:
+        fix = ("point reward.custom_reward_function.path at a scoring function for it (reward_fns/ holds examples)"
+               if not crf.get("path") else "fix the function or the data")
+        raise ConfigError(f"{what} raised {type(exc).__name__}: {exc} on the first row of {files[0]} "
+                          f"(data_source={row['data_source']!r}): {fix}") from None
+    score = out.get("score") if isinstance(out, dict) else out
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        raise ConfigError(f"{what} returned {out!r} on the first row of {files[0]}: it must return a number or a "
+                          "dict with a numeric 'score'")
+    return float(score)
+
+
 def _check_rollout(config: DictConfig) -> None:
     rollout = config.actor_rollout_ref.rollout
+    if OmegaConf.is_missing(rollout, "name"):
+        raise ConfigError("actor_rollout_ref.rollout.name is not set: pass hardware=gpu (vLLM) or hardware=cpu (hf)")
     if rollout.name == "hf":
         if rollout.tensor_model_parallel_size != 1:
             raise ConfigError("the hf rollout runs one process per replica: set "
                               "actor_rollout_ref.rollout.tensor_model_parallel_size=1")
         hf = (rollout.get("engine_kwargs") or {}).get("hf") or {}
-        unknown = sorted(set(hf) - {"max_batch_size", "threads", "batch_window_s"})
+        unknown = sorted(set(hf) - HF_ENGINE_KEYS)
         if unknown:
             raise ConfigError(f"actor_rollout_ref.rollout.engine_kwargs.hf has unknown key(s) {unknown}; known: "
-                              "max_batch_size, threads, batch_window_s")
+                              f"{', '.join(sorted(HF_ENGINE_KEYS))}")
     if rollout.name == "vllm" and str(config.trainer.device) == "cpu":
         raise ConfigError("vLLM needs a GPU: on a CPU machine use hardware=cpu (rollout.name=hf)")
+    _check_replicas(config)
 
 
-def _unknown(node: DictConfig, known: set[str], prefix: str) -> None:
-    extra = sorted(set(node.keys()) - known)
-    if extra:
-        raise ConfigError(f"unknown key(s) {[prefix + '.' + k for k in extra]}; known: {sorted(known)}")
+def replicas(config: DictConfig) -> int:
+    """Rollout replicas verl builds: all GPUs / (tensor * data * pipeline parallel size of one replica)."""
+    rollout = config.actor_rollout_ref.rollout
+    gpus = int(config.trainer.n_gpus_per_node) * int(config.trainer.nnodes)
+    per_replica = (int(rollout.tensor_model_parallel_size) * int(rollout.get("data_parallel_size", 1) or 1)
+                   * int(rollout.get("pipeline_model_parallel_size", 1) or 1))
+    return gpus // per_replica if per_replica and gpus % per_replica == 0 else 0
 
 
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}={value!r} must be a positive integer")
-    return value
+def _check_replicas(config: DictConfig) -> None:
+    rollout = config.actor_rollout_ref.rollout
+    gpus = int(config.trainer.n_gpus_per_node) * int(config.trainer.nnodes)
+    tp = int(rollout.tensor_model_parallel_size)
+    dp = int(rollout.get("data_parallel_size", 1) or 1)
+    pp = int(rollout.get("pipeline_model_parallel_size", 1) or 1)
+    if gpus < 1:
+        raise ConfigError(f"trainer.n_gpus_per_node * trainer.nnodes = {gpus}: at least one GPU (CPU: Ray slot)")
+    if min(tp, dp, pp) < 1 or gpus % (tp * dp * pp):
+        fits = [d for d in range(1, gpus + 1) if gpus % (d * dp * pp) == 0]
+        raise ConfigError(
+            f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp} (x data_parallel_size={dp} x "
+            f"pipeline_model_parallel_size={pp}) does not divide the {gpus} GPUs (trainer.n_gpus_per_node x "
+            f"trainer.nnodes): every rollout replica needs the same GPUs; use one of {fits}")
 
 
-def _check_filter(node: DictConfig | None, prefix: str) -> None:
-    if node is None:
-        return
-    _unknown(node, {"include", "exclude"}, prefix)
-    for key in ("include", "exclude"):
-        patterns = node.get(key)
-        if patterns is None:
-            continue
-        if isinstance(patterns, str):
-            raise ConfigError(f"{prefix}.{key} must be a list of regexes, e.g. {prefix}.{key}=['mlp']")
-        for p in patterns:
-            try:
-                re.compile(p)
-            except re.error as exc:
-                raise ConfigError(f"{prefix}.{key}: {p!r} is not a valid regex ({exc})") from exc
-
-
-def _check_sigma(value: Any, key: str) -> float:
-    try:
-        s = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} must be a number") from None
-    if not s > 0 or s != s:
-        raise ConfigError(f"{key}={value!r} must be > 0 (typical values 5e-4 .. 3e-3)")
-    return s
-
-
-def _check_sizes(node: DictConfig, prefix: str) -> None:
-    for key in ("selection_size", "test_size"):
-        if node.get(key) is not None:
-            _positive_int(node.get(key), f"{prefix}.{key}")
+def _check_greedy_rollout(config: DictConfig, mode: str) -> None:
+    """randopt and es answer greedily (harness.greedy); the rollout sampling keys must say so, not mislead."""
+    rollout = config.actor_rollout_ref.rollout
+    want = {"n": 1, "temperature": 0, "do_sample": False, "top_k": -1, "top_p": 1,
+            "val_kwargs.n": 1, "val_kwargs.temperature": 0, "val_kwargs.do_sample": False}
+    for key, value in want.items():
+        got = OmegaConf.select(rollout, key)
+        if got is not None and got != value:
+            extra = (" Base self-consistency samples take randopt.controls.temperature." if mode == "randopt"
+                     else "")
+            raise ConfigError(
+                f"actor_rollout_ref.rollout.{key}={got!r} has no effect under trainer={mode}: every candidate "
+                f"answers greedily, once per prompt. Remove the override (it must stay {value!r}).{extra}")
 
 
 def _check_randopt(config: DictConfig) -> None:
-    ro = config.get("randopt")
-    if ro is None:
-        raise ConfigError("trainer.v1.trainer_mode=randopt needs the randopt node: use trainer=randopt")
-    _unknown(ro, RANDOPT_KEYS, "randopt")
-    n = _positive_int(ro.population_size, "randopt.population_size")
-    sigmas = ro.sigmas
-    if not isinstance(sigmas, (list, ListConfig)) or not sigmas:
-        raise ConfigError("randopt.sigmas must be a non-empty list, e.g. randopt.sigmas=[0.001]")
-    for s in sigmas:
-        _check_sigma(s, "randopt.sigmas[]")
-    if isinstance(ro.seed, bool) or not isinstance(ro.seed, int) or ro.seed < 0:
-        raise ConfigError(f"randopt.seed={ro.seed!r} must be an integer >= 0")
-    k = _positive_int(ro.top_k, "randopt.top_k")
-    if k > n:
-        raise ConfigError(f"randopt.top_k={k} exceeds randopt.population_size={n}: keep K <= N")
-    ks = list(ro.ensemble_ks)
-    if not ks:
-        raise ConfigError("randopt.ensemble_ks must list at least one k, e.g. [1, 4]")
-    for kk in ks:
-        _positive_int(kk, "randopt.ensemble_ks[]")
-        if kk > k:
-            raise ConfigError(f"randopt.ensemble_ks has {kk} > randopt.top_k={k}: every maj@k needs k <= K")
-    _check_sizes(ro, "randopt")
-    if ro.perturb_at not in ("auto", "server", "sync"):
-        raise ConfigError(f"randopt.perturb_at={ro.perturb_at!r}: use auto, server or sync")
-    if ro.perturb_at == "server" and config.actor_rollout_ref.rollout.name != "hf":
-        raise ConfigError("randopt.perturb_at=server needs the hf rollout; vLLM replicas take perturb_at=sync")
-    _check_filter(ro.get("param_filter"), "randopt.param_filter")
-    from randopt_verl.trainers.consolidate import KEYS as CONSOLIDATE_KEYS, settings
+    from randopt_verl.config.schema import typed  # imports verl: not at module level (see config/errors.py)
 
-    if ro.get("consolidate") is not None:
-        _unknown(ro.consolidate, set(CONSOLIDATE_KEYS), "randopt.consolidate")
-    try:
-        merge = settings(ro)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if merge.enabled and merge.over == "top_k" and k < 2:
-        raise ConfigError("randopt.consolidate needs at least 2 members: raise randopt.top_k or set "
-                          "randopt.consolidate.over=population")
-    c = ro.get("controls")
-    if c is not None:
-        _unknown(c, CONTROLS_KEYS, "randopt.controls")
-        if not isinstance(c.random_k_draws, int) or c.random_k_draws < 0:
-            raise ConfigError(f"randopt.controls.random_k_draws={c.random_k_draws!r} must be an integer >= 0")
-        if c.population is not None:
-            p = _positive_int(c.population, "randopt.controls.population")
-            if p > n:
-                raise ConfigError(f"randopt.controls.population={p} exceeds randopt.population_size={n}")
-            if p < max(ks) and c.random_k_draws > 0:
-                raise ConfigError(f"randopt.controls.population={p} is smaller than max(randopt.ensemble_ks)="
-                                  f"{max(ks)}: random-k needs at least k candidates")
-        if float(c.temperature) <= 0 and c.base_self_consistency:
-            raise ConfigError("randopt.controls.temperature must be > 0 for base self-consistency sampling")
+    ro = typed(config, "randopt")
+    if ro.perturb_at == "server" and config.actor_rollout_ref.rollout.name != "hf":
+        raise ConfigError("randopt.perturb_at=server needs the hf rollout; vLLM replicas take randopt.perturb_at=sync "
+                          "(or auto)")
+    if config.trainer.get("val_before_train") is False:
+        raise ConfigError("trainer.val_before_train=false has no effect under trainer=randopt: the base model is "
+                          "always scored (the reference row of the results table). Remove the override.")
+    _check_greedy_rollout(config, "randopt")
 
 
 def _check_es(config: DictConfig) -> None:
-    es = config.get("es")
-    if es is None:
-        raise ConfigError("trainer.v1.trainer_mode=es needs the es node: use trainer=es")
-    _unknown(es, ES_KEYS, "es")
-    n = _positive_int(es.population_size, "es.population_size")
-    if n < 2:
-        raise ConfigError("es.population_size must be >= 2: z-scores need at least two members")
-    _check_sigma(es.sigma, "es.sigma")
-    _check_sigma(es.alpha, "es.alpha")
-    _check_sizes(es, "es")
-    _check_filter(es.get("param_filter"), "es.param_filter")
+    from randopt_verl.config.schema import typed
+
+    typed(config, "es")
     if config.actor_rollout_ref.actor.strategy != "fsdp2":
         raise ConfigError("trainer=es updates FSDP2 parameters by name: set actor_rollout_ref.actor.strategy=fsdp2")
-
-
-def to_container(node) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+    _check_greedy_rollout(config, "es")

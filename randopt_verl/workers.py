@@ -1,6 +1,6 @@
 """`SearchWorker`: verl's ActorRolloutRefWorker with the two things RandOpt and ES need from the training side.
 
-1. Perturb-at-sync (DESIGN decisions 2 and 3): `set_sync_candidates` gives every rank the candidate of the rollout
+1. Perturb-at-sync (docs/ARCHITECTURE.md, decisions 2 and 3): `set_sync_candidates` gives every rank the candidate of the rollout
    replica it feeds; the FSDP2 per-tensor weight stream (`engine.get_per_tensor_param`: full tensors under HF
    names, gathered one at a time onto the GPU) is wrapped so that the tensors leaving for that replica are
    base + Σ coeff·ε(seed, HF name) over the candidate's terms (one term σ·ε for a search candidate, several for a

@@ -31,7 +31,7 @@ def main() -> int:
 
     from randopt_verl.assets import data, embedded
     from randopt_verl.inprocess import compose, trainer_session
-    from randopt_verl.core.population import Candidate
+    from randopt_verl.core.population import Candidate, ParamFilter
     from randopt_verl.core.rundir import Ledger, candidate_row
     from randopt_verl.trainers.harness import greedy
 
@@ -49,9 +49,9 @@ def main() -> int:
     with trainer_session(config) as trainer:
         sel = trainer.prompts(trainer.train_dataset, a.prompts)
         sampling = greedy(a.max_new_tokens)
-        trainer.load_candidates({}, how="sync", param_filter={})
+        trainer.load_candidates({}, how="sync", param_filter=ParamFilter())
         trainer.generate({0: sel.ids}, sampling)  # warm-up (first batch, numba compile)
-        trainer.load_candidates({0: Candidate(0, 1, 1e-3)}, how="server", param_filter={})
+        trainer.load_candidates({0: Candidate(0, 1, 1e-3)}, how="server", param_filter=ParamFilter())
 
         gen = []
         for _ in range(a.reps):
@@ -65,7 +65,7 @@ def main() -> int:
         for i in range(a.reps):
             cand = Candidate(i, 1000 + i, 1e-3)
             t0 = time.perf_counter()
-            trainer.load_candidates({0: cand}, how="server", param_filter={})
+            trainer.load_candidates({0: cand}, how="server", param_filter=ParamFilter())
             t1 = time.perf_counter()
             outs = trainer.generate({0: sel.ids}, sampling)[0]
             t2 = time.perf_counter()

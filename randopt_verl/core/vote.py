@@ -1,4 +1,4 @@
-"""Selection, majority vote and the honest controls: one vote function for all (DESIGN decision 5).
+"""Selection, majority vote and the honest controls: one vote function for all (docs/ARCHITECTURE.md, decision 5).
 
 Plain data, no Ray, no verl.
 

@@ -2,6 +2,12 @@
 
 Every command runs on any CPU (no GPU, no network):
 
+    randopt-verl doctor [--config-only] OVERRIDES...
+        Check `python -m randopt_verl.main OVERRIDES...` before it runs: the composed config, this package's and
+        verl's checks, verl's worker config dataclasses, rollout replicas, files and parquet columns, the reward
+        function on one test row; without --config-only also this machine (torch/CUDA, vLLM, flash-attn, GPUs,
+        Ray, CUDA noise == CPU noise). Prints a checklist with the fix for each failure. Exit status: 0 the run
+        would start, 2 a config mistake, 3 the config is fine but this machine is not ready.
     randopt-verl demo [--out DIR] [--model P] [--population N]
         RandOpt on the embedded default model (SmolLM2-135M-Instruct) through the verl harness, about 15 minutes
         on 2 cores; prints the results table with its controls and writes the plots. Rerun to resume.
@@ -23,7 +29,7 @@ Every command runs on any CPU (no GPU, no network):
     randopt-verl compare RUN_DIR... [--out report.md] [--plot compare.png]
         Table (and plot) of RandOpt, ES and GRPO runs: accuracy against rollouts, tokens and wall time.
 
-A mistake in the input (a missing file, a bad rank, ...) prints ``randopt-verl: <message>`` to stderr and exits
+For the other commands, a mistake in the input (a missing file, a bad rank, ...) prints ``randopt-verl: <message>`` to stderr and exits
 with status 2, without a traceback (set RANDOPT_VERL_TRACEBACK=1 to see one).
 
 Adding a subcommand: write ``configure(parser)`` and ``run(args) -> int | None`` and call
@@ -59,6 +65,27 @@ def register(cmd: Command) -> Command:
         raise ValueError(f"subcommand {cmd.name!r} is already registered")
     COMMANDS[cmd.name] = cmd
     return cmd
+
+
+# ------------------------------------------------------------------------------------------- doctor
+
+
+def _doctor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config-only", action="store_true",
+                   help="check the config, files and reward only (no GPU, no Ray): what CI runs")
+    p.add_argument("overrides", nargs="*", metavar="OVERRIDES",
+                   help="the KEY=VALUE arguments of `python -m randopt_verl.main` (trainer=..., hardware=..., ...)")
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from randopt_verl import preflight
+
+    preflight.default_env()
+    return preflight.doctor(args.overrides, config_only=args.config_only)
+
+
+register(Command("doctor", "check a run's config, files, reward and this machine before it starts",
+                 _doctor_args, _doctor))
 
 
 # --------------------------------------------------------------------------------------------- demo

@@ -52,13 +52,11 @@ def consolidation_config(run_dir: str | os.PathLike, overrides: Sequence[str] = 
 
 def consolidate(run_dir: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run the consolidation phase on a finished run directory; returns its new results.json."""
-    from randopt_verl import validate
+    from randopt_verl import preflight
     from randopt_verl.inprocess import trainer_session
-    from randopt_verl.main import _default_env
 
     cfg = consolidation_config(run_dir, overrides)
-    validate.check(cfg)
-    _default_env()
+    preflight.prepare(cfg)  # the checks randopt_verl.main runs before Ray starts
     os.environ.setdefault("RAY_ADDRESS", "local")  # a Ray cluster of its own, never another one on the machine
     with trainer_session(cfg) as trainer:
         trainer.fit(None)

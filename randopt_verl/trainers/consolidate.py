@@ -49,7 +49,6 @@ VARIANTS = ("weighted", "shuffled")
 PERMUTATION_KEY = 0xC0
 
 
-KEYS = ("enabled", "weighting", "over", "scales", "shuffled_control")  # randopt.consolidate.*
 
 
 @dataclass(frozen=True)
@@ -62,14 +61,19 @@ class Settings:
 
 
 def settings(ro: Mapping[str, Any]) -> Settings:
-    """``randopt.consolidate`` as `Settings` (absent keys: the defaults); a bad value is a one-line error with its fix,
-    raised when the search starts."""
+    """``randopt.consolidate`` as `Settings` (absent keys: the defaults, so a run directory written before this
+    setting existed can still be consolidated); a bad value is a one-line error with its fix (`check`; the typed
+    config, randopt_verl.config.schema.ConsolidateConfig, runs the same check before any model loads)."""
     node = dict((ro.get("consolidate", None) or {}) if hasattr(ro, "get") else {})
     d = Settings()
-    s = Settings(enabled=bool(node.get("enabled", d.enabled)), weighting=str(node.get("weighting", d.weighting)),
-                 over=str(node.get("over", d.over)),
-                 scales=tuple(float(x) for x in (node.get("scales", None) or d.scales)),
-                 shuffled_control=bool(node.get("shuffled_control", d.shuffled_control)))
+    return check(Settings(enabled=bool(node.get("enabled", d.enabled)),
+                          weighting=str(node.get("weighting", d.weighting)), over=str(node.get("over", d.over)),
+                          scales=tuple(float(x) for x in (node.get("scales", None) or d.scales)),
+                          shuffled_control=bool(node.get("shuffled_control", d.shuffled_control))))
+
+
+def check(s: Settings) -> Settings:
+    """``s``, or a ValueError naming the key and the fix."""
     if s.weighting not in WEIGHTINGS:
         raise ValueError(f"randopt.consolidate.weighting={s.weighting!r}: use one of {', '.join(WEIGHTINGS)}")
     if s.over not in OVER:

@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+from randopt_verl import preflight
 from randopt_verl.core.rundir import RunDir, atomic_write_json, keep_until, read_json, write_jsonl
 from randopt_verl.trainers.harness import Cost
 from randopt_verl.workers import use_search_worker
@@ -40,6 +41,10 @@ _FILE_LOGGER_ENV = "VERL_FILE_LOGGER_PATH"  # read by verl.utils.tracking.FileLo
 
 @register_trainer("grpo")
 class GRPOTrainer(PPOTrainerSync):
+    def __init__(self, config):
+        preflight.trainer_init(config)  # checks and runtime defaults, whatever entry point composed the config
+        super().__init__(config)
+
     def _init_resource_pool_mgr(self):
         # SearchWorker adds methods only (named_weights for tests, an inactive stream wrapper): GRPO is unchanged,
         # and the same worker class serves all three methods

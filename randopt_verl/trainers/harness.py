@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from verl import DataProto
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
-from randopt_verl import validate
+from randopt_verl import preflight
 from randopt_verl.core.population import Candidate, Merged, ParamFilter
 from randopt_verl.core.rundir import RunDir, append_jsonl, candidate_row
 from randopt_verl.core.vote import normalise_reward
@@ -166,8 +166,8 @@ class SearchTrainer(PPOTrainer):
     """Base of the randopt and es trainers (registered by their modules)."""
 
     def __init__(self, config: DictConfig):
-        # fail with a fix-it message before any model loads (verl's entry point skips randopt_verl.main)
-        validate.check(config)
+        # checks and runtime defaults before any model loads (verl's entry point skips randopt_verl.main)
+        preflight.trainer_init(config)
         super().__init__(config)
         self.cost = Cost()  # the search or training work (see the module docstring)
         self.test_cost = Cost()  # test answers and controls (RandOpt), reported apart

@@ -16,6 +16,7 @@ COMMON=(
   data.max_response_length=1024
   trainer.n_gpus_per_node=8
   trainer.project_name=countdown_qwen2.5-1.5b
+  # 8 GPUs / TP 1 = 8 rollout replicas (RandOpt and ES score 8 candidates at a time)
   actor_rollout_ref.rollout.tensor_model_parallel_size=1
   actor_rollout_ref.rollout.gpu_memory_utilization=0.8
 )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# bash recipes/countdown_qwen2.5-1.5b/es.sh     -- 8x NVIDIA GPU (80 GB), vLLM
-# ES at scale (Qiu et al.): N=30, sigma=1e-3, alpha=5e-4, the same 200 prompts every iteration. The ES paper reports
-# Qwen2.5-1.5B-Instruct Countdown 0.7% -> 37.3% after 500 iterations (ANCHORS.md); at RandOpt's budget (100k
+# bash recipes/countdown_qwen2.5-1.5b/es.sh     -- 8x NVIDIA GPU (80 GB), vLLM; 8 replicas = 8 members at once
+# ES at scale (Qiu et al. 2025): N=30, sigma=1e-3, alpha=5e-4, the same 200 prompts every iteration. The ES paper
+# reports Qwen2.5-1.5B-Instruct Countdown 0.7% -> 37.3% after 500 iterations; at RandOpt's budget (100k
 # rollouts = 16-17 iterations of 30 x 200) expect far less: the matched-budget point is in the compare report.
 source "$(dirname "$0")/common.sh"
 ITERS=${ITERS:-17}

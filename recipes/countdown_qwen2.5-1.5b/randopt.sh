@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bash recipes/countdown_qwen2.5-1.5b/randopt.sh     -- 8x NVIDIA GPU (80 GB), vLLM; 8 replicas = 8 candidates at once
-# The authors' smoke test: N=500 candidates, selection = first 200 Countdown items, K in {10, 50}; their run reached
-# top-10 ensemble 42% and top-50 64% test accuracy (ANCHORS.md). Same budget axis as es.sh and grpo.sh:
+# The RandOpt authors' smoke test: N=500 candidates, selection = first 200 Countdown items, K in {10, 50}; they report
+# top-10 ensemble 42% and top-50 64% test accuracy. Same budget axis as es.sh and grpo.sh:
 # 500 candidates x 200 prompts = 100k search rollouts.
 source "$(dirname "$0")/common.sh"
 exec python -m randopt_verl.main trainer=randopt "${COMMON[@]}" \

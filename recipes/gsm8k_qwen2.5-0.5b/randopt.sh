@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bash recipes/gsm8k_qwen2.5-0.5b/randopt.sh GSM8K_JSONL_DIR     -- 1 NVIDIA GPU (24 GB+), vLLM
+# bash recipes/gsm8k_qwen2.5-0.5b/randopt.sh GSM8K_JSONL_DIR     -- 1 NVIDIA GPU (24 GB+), vLLM; 1 replica
 # RandOpt on GSM8K with Qwen2.5-0.5B-Instruct on one GPU. GSM8K_JSONL_DIR holds train.jsonl and test.jsonl in the
 # openai/gsm8k format (question, answer with "#### n"); nothing is downloaded.
 set -euo pipefail

@@ -47,7 +47,7 @@ def es_run(root: Path) -> Path:
 
 
 def test_registry_has_the_commands():
-    assert list(COMMANDS) == ["demo", "export", "consolidate", "density", "compare"]
+    assert list(COMMANDS) == ["doctor", "demo", "export", "consolidate", "density", "compare"]
 
 
 def test_density(tmp_path, capsys):

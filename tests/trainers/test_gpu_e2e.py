@@ -55,11 +55,16 @@ ES = ["trainer=es", "es.population_size=2", "es.selection_size=4", "es.test_size
 
 @pytest.mark.parametrize("method", [RANDOPT, ES], ids=["randopt", "es"])
 def test_gpu_configs_pass_verl_validation(common, tmp_path, method):
-    """CPU check of the configs below: the project's checks (compose) and verl's validate_config, as main runs them."""
+    """CPU check of the configs below: the project's config checks (doctor --config-only's: without vLLM installed
+    here, the install checks of main would stop it) and verl's validate_config, as main runs them."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    config = compose(_gpu(common, tmp_path) + method)
+    from randopt_verl import preflight
+
+    config = preflight.compose(_gpu(common, tmp_path) + method)
+    failed = [r.line() for r in preflight.config_report(config, call_reward=False) if r.status == "fail"]
+    assert not failed, failed
     assert config.actor_rollout_ref.rollout.name == "vllm"
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
 

@@ -1,0 +1,267 @@
+"""Typed config of this package's own nodes: `randopt.*` (with `controls.*` and `param_filter.*`) and `es.*`.
+
+Each key's type, default, meaning (`doc`) and check live here, in one place, as in verl's own config dataclasses
+(`verl.base_config.BaseConfig`, named by the node's `_target_` in trainer/randopt.yaml and trainer/es.yaml). The
+yaml files carry the same defaults with a comment above every key (tests/test_config_comments.py holds the two to
+each other). `typed(config, "randopt")` turns the composed node into its dataclass: an unknown key names the
+closest known one, a value of the wrong type or out of range raises `ConfigError` with the fix. Checks that need
+other parts of the config (files, the rollout backend, verl's keys) are in randopt_verl/validate.py.
+
+The trainers keep reading the composed DictConfig (`self.config.randopt.population_size`); these classes check it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from verl.base_config import BaseConfig
+
+from randopt_verl.config.errors import ConfigError, closest
+
+__all__ = ["ConfigError", "ConsolidateConfig", "ControlsConfig", "ESConfig", "ParamFilterConfig", "RandOptConfig", "typed"]
+
+
+def doc(default: Any = None, text: str = "", *, factory=None):
+    """A dataclass field with its documentation (shown by `randopt-verl doctor` and the tests)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}={value!r} must be a positive integer")
+    return value
+
+
+def _optional_size(value: Any, key: str) -> None:
+    if value is not None:
+        _positive_int(value, key)
+
+
+def _sigma(value: float, key: str) -> None:
+    if not value > 0 or value != value:
+        raise ConfigError(f"{key}={value!r} must be > 0 (typical values 5e-4 .. 3e-3)")
+
+
+def _seed(value: int, key: str) -> None:
+    if value < 0:
+        raise ConfigError(f"{key}={value!r} must be an integer >= 0")
+
+
+# ------------------------------------------------------------------------------------------------ nodes
+
+
+@dataclass
+class ParamFilterConfig(BaseConfig):
+    """Which HF parameter names are perturbed (and, for ES, updated): regexes matched with re.search."""
+
+    include: Optional[list[str]] = doc(None, "perturb only names matching one of these (null: every floating tensor)")
+    exclude: Optional[list[str]] = doc(None, "never perturb names matching one of these (null: none excluded)")
+
+    def check(self, prefix: str) -> None:
+        for key in ("include", "exclude"):
+            for pattern in getattr(self, key) or []:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ConfigError(f"{prefix}.{key}: {pattern!r} is not a valid regex ({exc})") from None
+
+
+@dataclass
+class ControlsConfig(BaseConfig):
+    """The honest controls reported next to every selected top-k vote."""
+
+    random_k_draws: int = doc(20, "random-k: votes of k candidates drawn without selection, averaged over this "
+                                  "many draws (0 disables)")
+    population: Optional[int] = doc(None, "candidates whose test answers feed random-k (null: min(N, 4 * max "
+                                          "ensemble k)); costs that many test passes")
+    base_self_consistency: bool = doc(True, "base self-consistency maj@k: the base model sampled max(k) times per "
+                                            "test prompt (false disables)")
+    temperature: float = doc(0.7, "sampling temperature of the base self-consistency samples")
+
+    def __post_init__(self):
+        if self.random_k_draws < 0:
+            raise ConfigError(f"randopt.controls.random_k_draws={self.random_k_draws!r} must be an integer >= 0")
+        _optional_size(self.population, "randopt.controls.population")
+        if self.base_self_consistency and not self.temperature > 0:
+            raise ConfigError(f"randopt.controls.temperature={self.temperature!r} must be > 0 for base "
+                              "self-consistency sampling (or set randopt.controls.base_self_consistency=false)")
+
+
+@dataclass
+class ConsolidateConfig(BaseConfig):
+    """One model out of the experts, without gradients (randopt_verl/trainers/consolidate.py)."""
+
+    enabled: bool = doc(False, "run the consolidation when the search ends (false: the search's results only)")
+    weighting: str = doc("zscore", "how members are weighted from their selection scores: zscore (unit-length "
+                                   "z-scores; the only rule so far)")
+    over: str = doc("top_k", "the members: top_k (the selected experts) or population (every scored candidate)")
+    scales: list[float] = doc(text="scales tried on the selection set; scale 1 moves the model about as far as one "
+                                   "candidate's perturbation", factory=lambda: [0.5, 1.0, 2.0])
+    shuffled_control: bool = doc(True, "also build the control with the scores shuffled among the members (a "
+                                       "seeded permutation), scored the same way")
+
+    def __post_init__(self):
+        from randopt_verl.trainers.consolidate import Settings, check  # the trainer's own check, one place
+
+        try:
+            check(Settings(self.enabled, self.weighting, self.over, tuple(self.scales), self.shuffled_control))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+@dataclass
+class RandOptConfig(BaseConfig):
+    """`trainer=randopt`: N seeded perturbations scored on the selection set, the top K voted on the test set."""
+
+    population_size: int = doc(500, "N: candidates in the population; growing N on resume keeps the first ones")
+    sigmas: list[float] = doc(text="sigma values; each candidate draws one uniformly",
+                              factory=lambda: [0.0005, 0.001, 0.002])
+    seed: int = doc(0, "global seed: fixes every candidate's (seed, sigma)")
+    top_k: int = doc(50, "K: experts kept in topk.json and voted at test time (K <= N)")
+    ensemble_ks: list[int] = doc(text="ks reported as maj@k (selected top-k vote), random-k and base maj@k; "
+                                      "each <= top_k", factory=lambda: [1, 10, 50])
+    selection_size: Optional[int] = doc(200, "selection set: the first this-many rows of data.train_files "
+                                             "(null: all rows)")
+    test_size: Optional[int] = doc(None, "test set cap: the first this-many rows of data.val_files (null: all)")
+    run_dir: str = doc("${trainer.default_local_dir}", "manifest, ledger, topk.json and results.json (resume reads "
+                                                      "it back)")
+    perturb_at: str = doc("auto", "weights into replicas: server (hf backend, in place), sync (perturb the FSDP "
+                                  "weight stream: the vLLM path), auto (server for hf, sync otherwise)")
+    param_filter: ParamFilterConfig = doc(text="which parameters are perturbed", factory=ParamFilterConfig)
+    controls: ControlsConfig = doc(text="controls reported next to every selected top-k vote",
+                                   factory=ControlsConfig)
+    consolidate: ConsolidateConfig = doc(text="one model out of the experts (randopt-verl consolidate)",
+                                         factory=ConsolidateConfig)
+    plots: bool = doc(True, "draw the density and maj@k plots into the run directory when the search ends")
+
+    def __post_init__(self):
+        n = _positive_int(self.population_size, "randopt.population_size")
+        if not self.sigmas:
+            raise ConfigError("randopt.sigmas must be a non-empty list, e.g. randopt.sigmas=[0.001]")
+        for s in self.sigmas:
+            _sigma(s, "randopt.sigmas[]")
+        _seed(self.seed, "randopt.seed")
+        k = _positive_int(self.top_k, "randopt.top_k")
+        if k > n:
+            raise ConfigError(f"randopt.top_k={k} exceeds randopt.population_size={n}: keep K <= N "
+                              f"(e.g. randopt.top_k={max(1, n // 10)})")
+        if not self.ensemble_ks:
+            raise ConfigError("randopt.ensemble_ks must list at least one k, e.g. randopt.ensemble_ks=[1,4]")
+        for kk in self.ensemble_ks:
+            _positive_int(kk, "randopt.ensemble_ks[]")
+            if kk > k:
+                raise ConfigError(f"randopt.ensemble_ks has {kk} > randopt.top_k={k}: every maj@k needs k <= K")
+        _optional_size(self.selection_size, "randopt.selection_size")
+        _optional_size(self.test_size, "randopt.test_size")
+        if self.perturb_at not in ("auto", "server", "sync"):
+            raise ConfigError(f"randopt.perturb_at={self.perturb_at!r}: use auto, server or sync")
+        self.param_filter.check("randopt.param_filter")
+        if self.consolidate.enabled and self.consolidate.over == "top_k" and k < 2:
+            raise ConfigError("randopt.consolidate needs at least 2 members: raise randopt.top_k or set "
+                              "randopt.consolidate.over=population")
+        c = self.controls
+        if c.population is not None:
+            if c.population > n:
+                raise ConfigError(f"randopt.controls.population={c.population} exceeds randopt.population_size={n}")
+            if c.population < max(self.ensemble_ks) and c.random_k_draws > 0:
+                raise ConfigError(f"randopt.controls.population={c.population} is smaller than "
+                                  f"max(randopt.ensemble_ks)={max(self.ensemble_ks)}: random-k needs at least k "
+                                  "candidates")
+
+
+@dataclass
+class ESConfig(BaseConfig):
+    """`trainer=es`: the ES-at-scale baseline (iterations = trainer.total_training_steps)."""
+
+    population_size: int = doc(30, "N: population per iteration (the ES paper: 30)")
+    sigma: float = doc(0.001, "noise scale (the ES paper: 1e-3)")
+    alpha: float = doc(0.0005, "step size; 1/sigma is folded into it (the ES paper: 5e-4)")
+    seed: int = doc(0, "global seed; iteration t's candidate seeds are drawn from (seed, t)")
+    selection_size: Optional[int] = doc(200, "selection batch: the first this-many rows of data.train_files, the "
+                                             "same for every member and iteration")
+    test_size: Optional[int] = doc(None, "test set cap for validation: the first this-many rows of data.val_files "
+                                         "(null: all)")
+    run_dir: str = doc("${trainer.default_local_dir}", "metrics.jsonl (one row per iteration, with cost)")
+    param_filter: ParamFilterConfig = doc(text="which parameters ES perturbs and updates",
+                                          factory=ParamFilterConfig)
+
+    def __post_init__(self):
+        n = _positive_int(self.population_size, "es.population_size")
+        if n < 2:
+            raise ConfigError("es.population_size must be >= 2: z-scores need at least two members")
+        _sigma(self.sigma, "es.sigma")
+        _sigma(self.alpha, "es.alpha")
+        _seed(self.seed, "es.seed")
+        _optional_size(self.selection_size, "es.selection_size")
+        _optional_size(self.test_size, "es.test_size")
+        self.param_filter.check("es.param_filter")
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def known_keys(cls, prefix: str) -> list[str]:
+    """Every dotted key of a config dataclass (nested ones included), e.g. randopt.controls.temperature."""
+    out = []
+    for f in fields(cls):
+        if f.name == "_target_":
+            continue
+        sub = f.default_factory() if callable(f.default_factory) else None  # type: ignore[misc]
+        if is_dataclass(sub):
+            out += known_keys(type(sub), f"{prefix}.{f.name}")
+        else:
+            out.append(f"{prefix}.{f.name}")
+    return out
+
+
+def typed(config: DictConfig, name: str):
+    """The `name` node of the composed config as its dataclass (the one its `_target_` names), checked.
+
+    The node is resolved first (run_dir interpolates trainer.default_local_dir)."""
+    from hydra.utils import get_class
+
+    node = config.get(name)
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"trainer.v1.trainer_mode={name} needs the {name} node: use trainer={name}")
+    target = node.get("_target_")
+    cls = get_class(target) if target else {"randopt": RandOptConfig, "es": ESConfig}[name]
+    plain = OmegaConf.to_container(node, resolve=True)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), plain)
+        return OmegaConf.to_object(merged)
+    except ConfigKeyError as exc:
+        key = f"{name}.{exc.full_key}"
+        raise ConfigError(f"unknown key {key}{closest(key, known_keys(cls, name))}") from None
+    except ValidationError as exc:
+        key = f"{name}.{exc.full_key}"
+        wanted = _type_name(cls, str(exc.full_key))
+        raise ConfigError(f"{key}={exc.value!r} must be {wanted}") from None
+    except OmegaConfBaseException as exc:  # anything else OmegaConf refuses: its first line names the problem
+        raise ConfigError(f"{name}: {str(exc).splitlines()[0]}") from None
+
+
+def _type_name(cls, dotted: str) -> str:
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        f = next((f for f in fields(cls) if f.name == part), None)
+        if f is None or not callable(f.default_factory):
+            return "of the documented type"
+        cls = type(f.default_factory())
+    f = next((f for f in fields(cls) if f.name == parts[-1]), None)
+    if f is None:
+        return "of the documented type"
+    optional = str(f.type).startswith("Optional[")
+    text = str(f.type)[len("Optional["):-1] if optional else str(f.type)
+    words = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+             "list[float]": "a list of numbers, e.g. [0.001]", "list[int]": "a list of integers, e.g. [1,4]",
+             "list[str]": "a list of regexes, e.g. ['mlp']"}
+    return words.get(text, text) + (" or null" if optional else "")

@@ -1,0 +1,237 @@
+"""`randopt-verl doctor --config-only` on every documented GPU command and every recipe, found by reading the README
+and the recipe scripts (a new recipe is covered without editing this file); bad values exit non-zero naming the
+key and its fix. Model and data paths are pointed at the tiny model and toy data; everything else is the command's
+own. No GPU, no Ray."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shlex
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from randopt_verl import preflight
+
+ROOT = Path(__file__).resolve().parents[1]
+REWARD = str(ROOT / "tests" / "fixtures" / "toy_reward.py")
+SWAPPED = ("actor_rollout_ref.model.path", "data.train_files", "data.val_files")
+
+
+@pytest.fixture(scope="module")
+def big_toy_data(tmp_path_factory) -> dict[str, str]:
+    """Toy addition rows, as many as verl's default data.train_batch_size (1024) needs for one GRPO step."""
+    out = tmp_path_factory.mktemp("big_toy_data")
+    rows = [{"data_source": "toy_addition", "prompt": [{"role": "user", "content": f"What is {i % 20} + {i % 17}?"}],
+             "ability": "math", "reward_model": {"style": "rule", "ground_truth": str(i % 20 + i % 17)},
+             "extra_info": {"index": i}} for i in range(2048)]
+    pd.DataFrame(rows).to_parquet(out / "train.parquet")
+    pd.DataFrame(rows[:16]).to_parquet(out / "test.parquet")
+    return {"train": str(out / "train.parquet"), "test": str(out / "test.parquet")}
+
+
+def _pointed(overrides: list[str], model: str, data: dict[str, str], out: Path) -> list[str]:
+    values = {"actor_rollout_ref.model.path": model, "data.train_files": data["train"], "data.val_files": data["test"]}
+    kept = [o for o in overrides if o.split("=", 1)[0] not in SWAPPED + ("trainer.default_local_dir",)]
+    return kept + [f"{k}={v}" for k, v in values.items()] + [f"trainer.default_local_dir={out}"]
+
+
+def _doctor(overrides: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    status = preflight.doctor(overrides, config_only=True, out=out)
+    return status, out.getvalue()
+
+
+# --------------------------------------------------------------------------------------- README's GPU commands
+
+
+def readme_gpu_commands() -> list[list[str]]:
+    """Every `python -m randopt_verl.main ... hardware=gpu ...` command in README.md (continuation lines joined)."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("python -m randopt_verl.main") and "hardware=gpu" in line:
+            commands.append(shlex.split(line.split("#", 1)[0])[3:])
+    return commands
+
+
+def test_readme_has_gpu_commands_for_all_three_trainers():
+    trainers = {a for cmd in readme_gpu_commands() for a in cmd if a.startswith("trainer=")}
+    assert trainers == {"trainer=randopt", "trainer=es", "trainer=grpo"}
+
+
+@pytest.mark.parametrize("command", readme_gpu_commands(), ids=lambda c: " ".join(c)[:60])
+def test_readme_gpu_commands_pass_doctor(command, tiny_model, big_toy_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the README's relative paths (reward_fns/...) are from the repository root
+    assert "<" not in " ".join(command), "a README command must run as written"
+    status, text = _doctor(_pointed(command, tiny_model, big_toy_data, tmp_path))
+    assert status == 0, text
+
+
+def test_done_when_commands_pass_with_only_paths_given(tiny_model, big_toy_data, tmp_path):
+    import ray
+
+    for trainer in ("randopt", "es", "grpo"):
+        status, text = _doctor([f"trainer={trainer}", "hardware=gpu", "trainer.n_gpus_per_node=8",
+                                f"reward.custom_reward_function.path={REWARD}",
+                                *_pointed([], tiny_model, big_toy_data, tmp_path / trainer)])
+        assert status == 0, text
+        assert "8 rollout replica(s)" in text and "rollout=vllm" in text
+    assert not ray.is_initialized()
+
+
+# --------------------------------------------------------------------------------------------------- recipes
+
+
+def recipe_runs() -> list[tuple[Path, list[str]]]:
+    """(script, arguments) for every runnable recipe: a script whose first comment line is its command,
+    `# bash recipes/<name>/<script>.sh [ARGS]  -- hardware`. `[a|b]` runs once per choice; an UPPERCASE word is a
+    path the script takes (a temporary folder)."""
+    runs = []
+    for script in sorted((ROOT / "recipes").rglob("*.sh")):
+        lines = script.read_text().splitlines()
+        header = next((ln for ln in lines[:3] if ln.startswith("# bash ")), None)
+        if not lines or not lines[0].startswith("#!") or header is None:
+            continue  # sourced helpers (common.sh)
+        words = header[len("# bash "):].split("--", 1)[0].split()[1:]
+        variants = [[]]
+        for w in words:
+            if w.startswith("[") and w.endswith("]"):
+                variants = [v + [choice] for v in variants for choice in w[1:-1].split("|")]
+            else:
+                variants = [v + ["@PATH@"] for v in variants]
+        runs += [(script, v) for v in variants]
+    return runs
+
+
+def _recorded_command(script: Path, args: list[str], tmp_path: Path) -> list[str]:
+    """Run the recipe with a `python` that records the arguments of `python -m randopt_verl.main` (and does nothing
+    else: no data is generated, nothing is written into the repository)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "python"
+    fake.write_text('#!/bin/sh\nif [ "$1" = "-m" ] && [ "$2" = "randopt_verl.main" ]; then shift 2; '
+                    'printf "%s\\0" "$@" > "$RECORD"; fi\nexit 0\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    record = tmp_path / "record"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RECORD": str(record),
+           "MODEL": str(tmp_path / "model"), "DATA": str(tmp_path / "data")}
+    args = [str(tmp_path) if a == "@PATH@" else a for a in args]
+    out = subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert record.exists(), f"{script} ran no `python -m randopt_verl.main` command"
+    return [a for a in record.read_text().split("\0") if a]
+
+
+def test_every_recipe_is_found():
+    names = {s.relative_to(ROOT / "recipes").as_posix() for s, _ in recipe_runs()}
+    assert {"countdown_qwen2.5-1.5b/randopt.sh", "countdown_qwen2.5-1.5b/es.sh", "countdown_qwen2.5-1.5b/grpo.sh",
+            "gsm8k_qwen2.5-0.5b/randopt.sh", "tiny_cpu/run.sh"} <= names
+
+
+@pytest.mark.parametrize("script, args", recipe_runs(),
+                         ids=lambda v: v.relative_to(ROOT / "recipes").as_posix() if isinstance(v, Path) else "-".join(v))
+def test_every_recipe_passes_doctor(script, args, tiny_model, big_toy_data, tmp_path):
+    command = _recorded_command(script, args, tmp_path)
+    status, text = _doctor(_pointed(command, tiny_model, big_toy_data, tmp_path / "run"))
+    assert status == 0, f"{script.name} {args}: {command}\n{text}"
+
+
+def test_recipes_state_replicas_and_cite_nothing_outside_the_repository():
+    for path in (ROOT / "recipes").rglob("*"):
+        if path.is_file():
+            text = path.read_text()
+            assert not re.search(r"ANCHORS\.md|DESIGN decision|/work/shared", text), path
+    readme = (ROOT / "recipes" / "countdown_qwen2.5-1.5b" / "README.md").read_text()
+    assert "replicas" in readme
+
+
+# ----------------------------------------------------------------------------------------- bad values, exit codes
+
+
+@pytest.mark.parametrize("override, key, fix", [
+    ("randopt.top_k=600", "randopt.top_k=600", "keep K <= N"),
+    ("actor_rollout_ref.rollout.tensor_model_parallel_size=3", "tensor_model_parallel_size=3", "use one of [1, 2, 4, 8]"),
+    ("reward.custom_reward_function.path=/nonexistent/reward.py", "reward.custom_reward_function.path=/nonexistent",
+     "reward_fns/ holds the bundled ones"),
+    ("randopt.populaton_size=5", "randopt.populaton_size", "did you mean randopt.population_size?"),
+])
+def test_bad_values_exit_2_naming_the_key_and_fix(override, key, fix, tiny_model, big_toy_data, tmp_path):
+    status, text = _doctor(["trainer=randopt", "hardware=gpu", "trainer.n_gpus_per_node=8",
+                            f"reward.custom_reward_function.path={REWARD}",
+                            *_pointed([], tiny_model, big_toy_data, tmp_path), override])
+    assert status == preflight.EXIT_CONFIG, text
+    fails = [line for line in text.splitlines() if line.startswith("[FAIL]")]
+    assert any(key in line and fix in line for line in fails), text
+
+
+def test_doctor_cli_exit_status_and_checklist(tiny_model, big_toy_data, tmp_path):
+    base = [sys.executable, "-m", "randopt_verl.tools.cli", "doctor", "--config-only", "trainer=es", "hardware=gpu",
+            "trainer.n_gpus_per_node=8", f"reward.custom_reward_function.path={REWARD}",
+            *_pointed([], tiny_model, big_toy_data, tmp_path)]
+    bad = subprocess.run(base + ["es.population_size=1"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert "[FAIL] es.* (ESConfig)" in bad.stdout and "es.population_size must be >= 2" in bad.stdout
+    assert "Traceback" not in bad.stderr
+
+
+def test_machine_checks_report_without_failing_the_config(tiny_model, toy_data, tmp_path):
+    """Without --config-only doctor probes this machine; on CPU with hardware=cpu everything needed is here."""
+    out = io.StringIO()
+    status = preflight.doctor(["trainer=randopt", "hardware=cpu", f"reward.custom_reward_function.path={REWARD}",
+                               *_pointed([], tiny_model, toy_data, tmp_path)], out=out)
+    text = out.getvalue()
+    assert status == 0, text
+    assert "[ok]   torch and CUDA" in text and "[ok]   Ray" in text
+    assert re.search(r"\[(ok|skip)\] +canonical noise: CUDA equals CPU", text)
+
+
+@pytest.mark.gpu
+def test_cuda_noise_equals_cpu_noise():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    assert "bitwise equal" in preflight.check_cuda_noise()
+
+
+def test_install_checks_name_the_package_and_the_fix(tiny_model, big_toy_data, tmp_path):
+    from importlib.util import find_spec
+
+    gpu = ["hardware=gpu", "trainer.n_gpus_per_node=8", *_pointed([], tiny_model, big_toy_data, tmp_path)]
+    grpo = {r.name: r for r in preflight.install_report(preflight.compose(["trainer=grpo", *gpu]))}
+    randopt = {r.name: r for r in preflight.install_report(preflight.compose(["trainer=randopt", *gpu]))}
+    flash = "flash-attn (FSDP actor attention)"
+    assert randopt[flash].status == "skip"  # the randopt/es actor never runs a forward pass
+    if find_spec("flash_attn") is None:
+        assert grpo[flash].status == "fail"
+        assert "pip install -e '.[gpu]'" in grpo[flash].detail and "attn_implementation=sdpa" in grpo[flash].detail
+    if find_spec("vllm") is None:
+        vllm = randopt["vLLM (rollout backend)"]
+        assert vllm.status == "fail" and f"vllm=={preflight.verl_pin('vllm', 'vllm')}" in vllm.detail
+    cpu = preflight.compose(["trainer=grpo", "hardware=cpu", *_pointed([], tiny_model, big_toy_data, tmp_path)])
+    assert {r.status for r in preflight.install_report(cpu)} == {"skip"}
+
+
+def test_reward_on_one_row_is_doctors_and_a_hang_fails_its_line(tiny_model, toy_data, tmp_path):
+    from randopt_verl.inprocess import compose
+
+    raising = tmp_path / "raising.py"
+    raising.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+                       "    raise RuntimeError('broken reward')\n")
+    hanging = tmp_path / "hanging.py"
+    hanging.write_text("import time\n\ndef compute_score(**kwargs):\n    time.sleep(30)\n")
+    base = ["trainer=randopt", "hardware=cpu", *_pointed([], tiny_model, toy_data, tmp_path / "run")]
+    # a run records a raising sample's error and goes on: compose (main's checks) accepts it, doctor flags it
+    compose(base + [f"reward.custom_reward_function.path={raising}"])
+    status, text = _doctor(base + [f"reward.custom_reward_function.path={raising}"])
+    assert status == 2 and "[FAIL] reward function scores one test row: " in text and "broken reward" in text
+    config = preflight.compose(base + [f"reward.custom_reward_function.path={hanging}"])
+    with pytest.raises(preflight.ConfigError, match="did not return within 1 s"):
+        preflight._reward_row(config, True, timeout_s=1)
