@@ -214,11 +214,17 @@ def test_consolidated_checkpoint_equals_the_engines_weights_and_greedy_outputs(m
     assert rec["terms"] == record["models"][1]["terms"] and rec["scale"] == 3.0 and rec["variant"] == "weighted"
     assert len(rec["terms"]) == 3 and rec["members"] == record["members"]
 
-    # bf16: the fp32 weights rounded once; the shuffled control is exported the same way
+    # bf16: the fp32 weights rounded once, which is what a bf16 hf engine holds for the same merged model
+    from randopt_verl.trainers.consolidate import merged
+
     out16 = export_consolidated(run, tmp_path / "merged16", dtype="bf16")
     m16 = AutoModelForCausalLM.from_pretrained(out16, dtype=torch.bfloat16)
+    e16 = HFEngine(tiny_model, dtype=torch.bfloat16, max_response_length=MAX_TOKENS, max_batch_size=8, threads=1)
+    e16.hold(merged(record["models"][1]), ParamFilter(None, EXCLUDE))
+    want16 = e16.named_weights()
     for n, p in m16.named_parameters():
         assert p.dtype == torch.bfloat16 and torch.equal(p.detach(), want[n].to(torch.bfloat16)), n
+        assert torch.equal(p.detach(), want16[n]), n
     ctl = export_consolidated(run, tmp_path / "control", variant="shuffled")
     assert json.loads((ctl / CONSOLIDATED_RECORD).read_text())["terms"] == record["models"][2]["terms"]
 
