@@ -5,8 +5,9 @@ It (1) fetches and converts the embedded model once (randopt_verl.assets.embedde
 (two numbers, one of + - *, answer with only the expression; reward_fns/countdown.py scores it), (3) runs
 `python -m randopt_verl.main trainer=randopt hardware=cpu <DEMO preset>` - the same verl harness as any run -
 and prints the command, so it can be rerun or changed by hand, and (4) prints the results table once (rendered by
-randopt_verl.core.report from the run's results.json: controls, the fraction of candidates beating the base per
-sigma, the cost) and the plots' file names.
+randopt_verl.core.report from the run's results.json: controls, the consolidated model and its shuffled control,
+intervals, paired differences, selection diagnostics, the fraction of candidates beating the base per sigma, the
+cost) and the plots' file names.
 Interrupted? Run it again: the run directory's ledger keeps every scored candidate.
 """
 
@@ -39,6 +40,9 @@ DEMO = {
     "control_population": 12,
     "max_response_length": 12,
     "seed": 0,
+    # one model out of the top-K experts and its shuffled-reward control (randopt.consolidate): two scales per
+    # variant scored on the selection set, then the two chosen models answer the test set once each
+    "consolidate_scales": "[1.0,2.0]",
 }
 # The wording a probe (scripts/probe_demo_task.py) found the 135M model partly answers (about 8-20% on
 # selection, 10% on test with greedy decoding); longer wordings drop it to 0%.
@@ -85,6 +89,8 @@ def overrides(model: str, data_files: dict, run_dir: Path, preset: dict) -> list
         f"randopt.test_size={preset['test_size']}",
         f"randopt.controls.random_k_draws={preset['random_k_draws']}",
         f"randopt.controls.population={preset['control_population']}",
+        "randopt.consolidate.enabled=true",
+        f"randopt.consolidate.scales={preset['consolidate_scales']}",
         f"randopt.run_dir={run_dir}",
         f"trainer.default_local_dir={run_dir}",
         "trainer.project_name=randopt_demo",
