@@ -85,6 +85,8 @@ class ProgressView:
 
     def event(self, e: dict) -> None:
         desc, n, total, t = e.get("desc") or "progress", e.get("n", 0), e.get("total"), e.get("t", time.time())
+        if total == 0:  # a phase with nothing to do (e.g. no base samples asked for) is no progress to show
+            return
         if e.get("event") == "start":
             self.started[desc] = t
         t0 = self.started.get(desc, t)
@@ -144,7 +146,7 @@ class Quiet:
         self._log = open(self.log_path, "a", buffering=1, encoding="utf-8")
         os.dup2(self._log.fileno(), 1)
         os.dup2(self._log.fileno(), 2)
-        self.say(f"randopt_verl: quiet console; Ray and verl logs go to {self.log_path}")
+        self.say(f"randopt_verl: quiet console: starting Ray and verl; their output goes to {self.log_path}")
         self._thread = threading.Thread(target=self._follow, name="randopt-progress", daemon=True)
         self._thread.start()
         return self

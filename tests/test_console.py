@@ -39,6 +39,8 @@ def test_progress_view_one_line_per_phase_off_a_terminal():
         for n in (2, 3, 4):
             view.event({"event": "update", "desc": phase, "n": n, "total": 4, "initial": 1, "t": 100.0 + n})
         view.event({"event": "close", "desc": phase, "n": 4, "total": 4, "initial": 1, "t": 165.0})
+    for event in ("start", "close"):  # nothing to do: no line
+        view.event({"event": event, "desc": "base samples", "n": 0, "total": 0, "initial": 0, "t": 170.0})
     assert out.getvalue().splitlines() == ["search: 4/4 in 1m05s, 1 from the ledger",
                                            "test answers: 4/4 in 1m05s, 1 from the ledger"]
 
@@ -96,7 +98,8 @@ def test_quiet_sends_output_to_the_log_and_progress_to_the_terminal(tmp_path):
     log = (tmp_path / "run" / console.LOG_NAME).read_text()
     terminal = proc.stdout.splitlines()
     assert terminal == ["before quiet",
-                        f"randopt_verl: quiet console; Ray and verl logs go to {tmp_path / 'run' / 'console.log'}",
+                        f"randopt_verl: quiet console: starting Ray and verl; their output goes to "
+                        f"{tmp_path / 'run' / 'console.log'}",
                         terminal[2], "after quiet"]
     assert terminal[2].startswith("randopt candidates: 3/3 in ")
     assert proc.stderr == ""

@@ -174,7 +174,10 @@ def run(out: str = "randopt_demo", model: str | None = None, population: int | N
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = model or embedded.default_model_path()
-    preset = dict(COMMON, **PRESETS[preset_name], **({"population_size": population} if population else {}))
+    preset = {**COMMON, **PRESETS[preset_name], **({"population_size": population} if population else {})}
+    # a smaller --population caps the control population and top-K it draws from
+    preset["control_population"] = min(preset["control_population"], preset["population_size"])
+    preset["top_k"] = min(preset["top_k"], preset["population_size"])
     data_files = write_data(out_dir, preset["selection_size"], preset["test_size"])
     print(f"randopt-verl demo ({preset_name}): model {model_path}; {preset['population_size']} candidates, "
           f"{preset['selection_size']} selection and {preset['test_size']} test prompts (countdown-lite)", flush=True)
@@ -183,6 +186,8 @@ def run(out: str = "randopt_demo", model: str | None = None, population: int | N
     cmd = [sys.executable, "-m", "randopt_verl.main", *args]
     print("randopt-verl demo: running\n  " + " ".join(shlex.quote(a) for a in cmd[1:]), flush=True)
     proc = subprocess.run(cmd, env=dict(os.environ, RAY_DEDUP_LOGS="1"))
+    if proc.returncode == 2:  # a config error, printed above with its fix; nothing ran
+        return 2
     if proc.returncode != 0:
         print(f"randopt-verl demo: the search stopped (exit {proc.returncode}); the log is {run_dir}/console.log; "
               f"run the demo again to resume from {run_dir}/ledger.jsonl", file=sys.stderr)
