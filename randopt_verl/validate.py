@@ -22,7 +22,6 @@ from randopt_verl.config.errors import ConfigError
 
 __all__ = ["ConfigError", "absolutize", "check", "replicas"]
 
-HF_ENGINE_KEYS = {"max_batch_size", "threads", "batch_window_s"}
 REQUIRED_COLUMNS = ("prompt", "data_source", "reward_model")
 
 
@@ -242,11 +241,18 @@ def _check_rollout(config: DictConfig) -> None:
         if rollout.tensor_model_parallel_size != 1:
             raise ConfigError("the hf rollout runs one process per replica: set "
                               "actor_rollout_ref.rollout.tensor_model_parallel_size=1")
+        # the engine's own lists: a new engine option or dtype needs no change here
+        from randopt_verl.cpu.hf_engine import HF_OPTIONS, resolve_dtype
+
+        try:
+            resolve_dtype(rollout.get("dtype", "auto"))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         hf = (rollout.get("engine_kwargs") or {}).get("hf") or {}
-        unknown = sorted(set(hf) - HF_ENGINE_KEYS)
+        unknown = sorted(set(hf) - set(HF_OPTIONS))
         if unknown:
             raise ConfigError(f"actor_rollout_ref.rollout.engine_kwargs.hf has unknown key(s) {unknown}; known: "
-                              f"{', '.join(sorted(HF_ENGINE_KEYS))}")
+                              f"{', '.join(sorted(HF_OPTIONS))}")
     if rollout.name == "vllm" and str(config.trainer.device) == "cpu":
         raise ConfigError("vLLM needs a GPU: on a CPU machine use hardware=cpu (rollout.name=hf)")
     _check_replicas(config)

@@ -5,8 +5,9 @@ LLMServerClient, RolloutReplica and CheckpointEngineManager in verl 0.9.1), so v
 weight sync run unchanged on top of it. Two additions serve RandOpt and ES:
 - `generate_many(prompts, sampling_params)`: a whole prompt list in fixed, ordered batches, so a candidate's
   scores do not depend on request arrival timing (and so not on the number of replicas);
-- `set_candidate(seed, sigma, include, exclude)`: pristine + σ·ε in place (DESIGN decision 3), equal to what
-  perturb-at-sync would send (tests/cpu/test_hf_rollout.py checks both paths give the same weights).
+- `set_candidate(seed, sigma, include, exclude)`: pristine + σ·ε in place (docs/ARCHITECTURE.md, decisions 2 and 3), equal to what
+  perturb-at-sync would send, rounded once to the server's dtype (tests/trainers/test_randopt.py and
+  tests/cpu/test_hf_bf16_replicas.py check both paths give the same weights).
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
-from randopt_verl.cpu.hf_engine import Batcher, HFEngine, Sampling
+from randopt_verl.cpu.hf_engine import HF_OPTIONS, Batcher, HFEngine, Sampling, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
 
 
 def server_name(replica_rank: int) -> str:
@@ -34,13 +33,14 @@ def server_name(replica_rank: int) -> str:
 
 def hf_options(config) -> dict[str, Any]:
     """`actor_rollout_ref.rollout.engine_kwargs.hf.*`: max_batch_size (default 64), threads (default: the host's
-    cores shared by the replicas), batch_window_s (default 0.002)."""
+    cores shared by the replicas), batch_window_s (default 0.002), share_prefix (default true: encode the common
+    prompt prefix once per weight change), min_shared_prefix (default 8 tokens: shorter common prefixes are not
+    worth a separate forward pass)."""
     kw = dict((getattr(config, "engine_kwargs", None) or {}).get("hf", None) or {})
-    unknown = set(kw) - {"max_batch_size", "threads", "batch_window_s"}
+    unknown = set(kw) - set(HF_OPTIONS)
     if unknown:
         raise ValueError(
-            f"actor_rollout_ref.rollout.engine_kwargs.hf has unknown keys {sorted(unknown)}; "
-            "known: max_batch_size, threads, batch_window_s"
+            f"actor_rollout_ref.rollout.engine_kwargs.hf has unknown keys {sorted(unknown)}; known: {', '.join(HF_OPTIONS)}"
         )
     return kw
 
@@ -56,9 +56,8 @@ class HFServer:
         self.config = omega_conf_to_dataclass(config)
         self.replica_rank = replica_rank
         opts = hf_options(self.config)
-        dtype = _DTYPES.get(str(self.config.dtype))
-        if dtype is None:
-            raise ValueError(f"actor_rollout_ref.rollout.dtype={self.config.dtype!r}: use one of {sorted(_DTYPES)}")
+        # "auto": bf16 where the CPU has bf16 matrix instructions, else fp32 (candidates are formed in fp32 either way)
+        dtype = resolve_dtype(self.config.dtype)
         threads = opts.get("threads") or rollout_threads(max(1, (os.cpu_count() or 1) // max(1, n_replicas)))
         path = getattr(model_config, "local_path", None) or model_config["path"]
         self.engine = HFEngine(
@@ -68,7 +67,11 @@ class HFServer:
             max_batch_size=int(opts.get("max_batch_size", 64)),
             threads=int(threads),
             seed=replica_rank + self.config.seed,  # as vLLM's server seed
+            share_prefix=bool(opts.get("share_prefix", True)),
+            min_shared_prefix=int(opts.get("min_shared_prefix", 8)),
         )
+        logger.info("hf rollout replica %d: %s, %d threads, shared prefix %s", replica_rank, self.engine.dtype,
+                    int(threads), "on" if self.engine.share_prefix else "off")
         self.batcher = Batcher(self.engine, window_s=float(opts.get("batch_window_s", 0.002)))
         self.global_steps: Optional[int] = None
 
@@ -111,13 +114,15 @@ class HFServer:
     async def get_weights(self) -> dict[str, torch.Tensor]:
         return self.engine.named_weights()
 
-    async def stats(self) -> dict[str, int]:
-        return {"batches": self.batcher.batches, "requests": self.batcher.requests}
+    async def stats(self) -> dict[str, Any]:
+        return {"batches": self.batcher.batches, "requests": self.batcher.requests, "dtype": str(self.engine.dtype),
+                **{f"prefix_{k}": v for k, v in self.engine.prefix_stats.items()}}
 
     async def set_global_steps(self, global_steps: int):
         self.global_steps = global_steps
 
-    # -- control plane: the host has no device memory to free and HF keeps no cache across calls -----------
+    # -- control plane: the host has no device memory to free; the only cache kept across calls (the shared
+    # prompt prefix) is dropped by the engine itself whenever the weights change -----------------------------
     async def sleep(self):
         return None
 

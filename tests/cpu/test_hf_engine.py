@@ -1,4 +1,5 @@
-"""The hf rollout engine: batching must not change greedy outputs, candidates are exact and restorable."""
+"""The hf rollout engine: batching must not change greedy outputs, candidates are exact and restorable (fp32 here;
+bf16 weights and dtype selection: test_hf_precision.py; shared-prefix reuse: test_hf_prefix.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ GREEDY = Sampling.from_params({"temperature": 0})
 
 @pytest.fixture(scope="module")
 def engine(tiny_model):
-    return HFEngine(tiny_model, max_response_length=12, max_batch_size=8, threads=1)
+    return HFEngine(tiny_model, dtype="float32", max_response_length=12, max_batch_size=8, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +104,21 @@ def test_seeded_sampling_is_reproducible(engine, prompts):
     c = engine.generate_batch(prompts, Sampling.from_params({"temperature": 1.5, "seed": 8}))
     assert [x.token_ids for x in a] == [x.token_ids for x in b]
     assert [x.token_ids for x in a] != [x.token_ids for x in c]
+
+
+def test_grouped_eager_attention_matches_sdpa(tiny_model, prompts):
+    """The CPU attention without K/V head expansion computes what transformers' sdpa path does (fp32, to rounding)."""
+    from randopt_verl.cpu.hf_engine import GQA_ATTENTION
+
+    lp = Sampling.from_params({"temperature": 0, "logprobs": True})
+    outs = []
+    for attn in ("sdpa", GQA_ATTENTION):
+        eng = HFEngine(tiny_model, dtype="float32", max_response_length=8, max_batch_size=4, threads=1,
+                       attn_implementation=attn)
+        assert eng.model.config.num_attention_heads > eng.model.config.num_key_value_heads  # grouped heads
+        eng.set_candidate(seed=3, sigma=0.5)  # varied tokens
+        outs.append(eng.generate_batch(prompts, lp))
+    assert [o.token_ids for o in outs[0]] == [o.token_ids for o in outs[1]]
+    assert len({tuple(o.token_ids) for o in outs[0]}) > 1
+    diff = max(abs(u - v) for a, b in zip(*outs) for u, v in zip(a.log_probs, b.log_probs))
+    assert diff < 1e-4, diff

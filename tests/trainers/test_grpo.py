@@ -51,11 +51,11 @@ def test_grpo_resumes_and_updates_actor_and_rollout(common, tmp_path, monkeypatc
         after = trainer.actor_rollout_wg.named_weights()[0]
         changed = [n for n in step1 if not torch.equal(step1[n], after[n])]
         assert changed, "the resumed GRPO step left every actor weight unchanged"
-        # verl's weight sync carried the trained weights into both rollout replicas
+        # verl's weight sync carried the trained weights into both rollout replicas (rounded once to its dtype)
         for rep in trainer.llm_server_manager.get_replicas():
             served = ray.get(rep.server_handle.get_weights.remote())
             for n in changed:
-                torch.testing.assert_close(served[n], after[n], rtol=0, atol=1e-6)
+                assert torch.equal(served[n], after[n].to(served[n].dtype)), n
 
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert rows[0] == first_row and [r["step"] for r in rows] == [1, 2]
