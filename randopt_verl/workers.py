@@ -3,7 +3,9 @@
 1. Perturb-at-sync (docs/ARCHITECTURE.md, decisions 2 and 3): `set_sync_candidates` gives every rank the candidate of the rollout
    replica it feeds; the FSDP2 per-tensor weight stream (`engine.get_per_tensor_param`: full tensors under HF
    names, gathered one at a time onto the GPU) is wrapped so that the tensors leaving for that replica are
-   base + σ·ε(seed, HF name), computed in fp32 and cast (one fused kernel per tensor on CUDA). A tied alias
+   base + Σ coeff·ε(seed, HF name) over the candidate's terms (one term σ·ε for a search candidate, several for a
+   consolidated model), computed in fp32 and cast once (`randopt_verl.core.population.combined`; one fused kernel
+   per term on CUDA). A tied alias
    (`lm_head.weight` of a model with tied embeddings) is perturbed once, under its canonical name, and carries
    the very tensor its canonical name got. verl's own `update_weights` (and so vLLM's weight loading) runs
    unchanged; the FSDP parameters are never modified.
@@ -26,19 +28,19 @@ import torch
 from verl.single_controller.base.decorator import Dispatch, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from randopt_verl.core.noise import perturbed
-from randopt_verl.core.population import Candidate, ParamFilter, tied_aliases
+from randopt_verl.core.population import Candidate, Merged, ParamFilter, candidate_from_dict, combined, tied_aliases
 
 logger = logging.getLogger(__name__)
 
 
 def perturbed_weight_stream(
     named_tensors: Iterable[tuple[str, torch.Tensor]],
-    candidate: Optional[Candidate],
+    candidate: Optional[Candidate | Merged],
     param_filter: ParamFilter,
     aliases: Mapping[str, str],
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """The weight stream with selected tensors replaced by base + σ·ε(seed, canonical name) (new tensors).
+    """The weight stream with selected tensors replaced by `combined` (base + Σ coeff·ε(seed, canonical name) over the
+    candidate's terms; new tensors).
 
     Names that share one tensor (``aliases``: alias -> canonical) are perturbed once: whichever name of a tied group
     arrives first is perturbed under the canonical name and the result is handed out again, unchanged, for the
@@ -61,7 +63,7 @@ def perturbed_weight_stream(
                 del held[canonical]
             yield name, entry[0]
             continue
-        out = perturbed(tensor, candidate.seed, canonical, candidate.sigma) if param_filter.selects(canonical, tensor) else tensor
+        out = combined(tensor, candidate.terms(), canonical) if param_filter.selects(canonical, tensor) else tensor
         if group_size.get(canonical, 1) > 1:
             held[canonical] = [out, group_size[canonical] - 1]
         yield name, out
@@ -140,7 +142,7 @@ class SearchWorker(ActorRolloutRefWorker):
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self):
         super().init_model()
-        self._sync_candidate: Optional[Candidate] = None
+        self._sync_candidate: Optional[Candidate | Merged] = None
         self._param_filter = ParamFilter(None, None)
         if "actor" in self.role and "rollout" in self.role:
             engine = self.actor.engine
@@ -161,11 +163,12 @@ class SearchWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def set_sync_candidates(self, by_replica: dict, include=None, exclude=None) -> Optional[dict]:
-        """by_replica: {replica_rank: {"index", "seed", "sigma"} | None}; a missing replica gets the base."""
+        """by_replica: {replica_rank: Candidate.to_dict() or Merged.to_dict() | None}; a missing replica gets the
+        base."""
         if any(c is not None for c in by_replica.values()):  # every rank refuses alike, before any sync starts
             self._require_fsdp2("perturb-at-sync")
         cand = by_replica.get(self.rollout.replica_rank)
-        self._sync_candidate = None if cand is None else Candidate.from_dict(cand)
+        self._sync_candidate = None if cand is None else candidate_from_dict(cand)
         self._param_filter = ParamFilter(include, exclude)
         return None if cand is None else dict(cand, replica=self.rollout.replica_rank)
 

@@ -34,11 +34,13 @@ def test_tied_alias_is_perturbed_once_and_carries_the_canonical_tensor(monkeypat
     assert aliases == {"lm_head.weight": "embed_tokens.weight"}
     calls = []
 
-    def counting(tensor, seed, name, sigma, **kw):
-        calls.append(name)
-        return perturbed(tensor, seed, name, sigma, **kw)
+    real = W.combined
 
-    monkeypatch.setattr(W, "perturbed", counting)
+    def counting(tensor, terms, name, **kw):
+        calls.append(name)
+        return real(tensor, terms, name, **kw)
+
+    monkeypatch.setattr(W, "combined", counting)
     cand = Candidate(0, 123, 1e-2)
     out = list(W.perturbed_weight_stream(_stream(model), cand, ParamFilter(None, None), aliases))
     assert [n for n, _ in out] == list(model.state_dict())

@@ -22,7 +22,7 @@ from verl.base_config import BaseConfig
 
 from randopt_verl.config.errors import ConfigError, closest
 
-__all__ = ["ConfigError", "ControlsConfig", "ESConfig", "ParamFilterConfig", "RandOptConfig", "typed"]
+__all__ = ["ConfigError", "ConsolidateConfig", "ControlsConfig", "ESConfig", "ParamFilterConfig", "RandOptConfig", "typed"]
 
 
 def doc(default: Any = None, text: str = "", *, factory=None):
@@ -97,6 +97,28 @@ class ControlsConfig(BaseConfig):
 
 
 @dataclass
+class ConsolidateConfig(BaseConfig):
+    """One model out of the experts, without gradients (randopt_verl/trainers/consolidate.py)."""
+
+    enabled: bool = doc(False, "run the consolidation when the search ends (false: the search's results only)")
+    weighting: str = doc("zscore", "how members are weighted from their selection scores: zscore (unit-length "
+                                   "z-scores; the only rule so far)")
+    over: str = doc("top_k", "the members: top_k (the selected experts) or population (every scored candidate)")
+    scales: list[float] = doc(text="scales tried on the selection set; scale 1 moves the model about as far as one "
+                                   "candidate's perturbation", factory=lambda: [0.5, 1.0, 2.0])
+    shuffled_control: bool = doc(True, "also build the control with the scores shuffled among the members (a "
+                                       "seeded permutation), scored the same way")
+
+    def __post_init__(self):
+        from randopt_verl.trainers.consolidate import Settings, check  # the trainer's own check, one place
+
+        try:
+            check(Settings(self.enabled, self.weighting, self.over, tuple(self.scales), self.shuffled_control))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+@dataclass
 class RandOptConfig(BaseConfig):
     """`trainer=randopt`: N seeded perturbations scored on the selection set, the top K voted on the test set."""
 
@@ -117,6 +139,8 @@ class RandOptConfig(BaseConfig):
     param_filter: ParamFilterConfig = doc(text="which parameters are perturbed", factory=ParamFilterConfig)
     controls: ControlsConfig = doc(text="controls reported next to every selected top-k vote",
                                    factory=ControlsConfig)
+    consolidate: ConsolidateConfig = doc(text="one model out of the experts (randopt-verl consolidate)",
+                                         factory=ConsolidateConfig)
     plots: bool = doc(True, "draw the density and maj@k plots into the run directory when the search ends")
 
     def __post_init__(self):
@@ -141,6 +165,9 @@ class RandOptConfig(BaseConfig):
         if self.perturb_at not in ("auto", "server", "sync"):
             raise ConfigError(f"randopt.perturb_at={self.perturb_at!r}: use auto, server or sync")
         self.param_filter.check("randopt.param_filter")
+        if self.consolidate.enabled and self.consolidate.over == "top_k" and k < 2:
+            raise ConfigError("randopt.consolidate needs at least 2 members: raise randopt.top_k or set "
+                              "randopt.consolidate.over=population")
         c = self.controls
         if c.population is not None:
             if c.population > n:

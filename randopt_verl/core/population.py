@@ -1,8 +1,12 @@
 """Candidates, which parameters they perturb, and applying them to named tensors or a module.
 
-A candidate is (seed, sigma) and nothing else: its weights are the base weights plus
-``sigma * noise(seed, name, ...)`` for every selected parameter (randopt_verl.core.noise). Everything here
-takes plain data so that the trainers, the weight-sync wrapper and the CPU rollout server share it.
+What a replica can hold is a list of noise terms ``[(seed, coeff), ...]`` on top of the base weights: every
+selected parameter becomes ``fp32(base) + sum_i coeff_i * noise(seed_i, name)`` (terms added in order, in fp32),
+rounded once to the target dtype (`combined`). A search candidate (`Candidate`) is the one-term case
+``[(seed, sigma)]``; a consolidated model (`Merged`) has one term per merged candidate. Both expose ``terms()``, and
+every consumer (the hf server's in-place path, the vLLM perturb-at-sync stream in randopt_verl.workers, the export
+and the consolidation) goes through `combined`, so one function defines the weights of whatever a replica holds.
+Everything here takes plain data so that the trainers, the weight-sync wrapper and the CPU rollout server share it.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .noise import perturbed
+from .noise import perturb_, perturbed
 
 _SEED_BOUND = 2**31
+
+Terms = tuple[tuple[int, float], ...]
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,54 @@ class Candidate:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Candidate:
         return cls(index=int(d["index"]), seed=int(d["seed"]), sigma=float(d["sigma"]))
+
+    def terms(self) -> Terms:
+        """The one noise term of a search candidate: ``((seed, sigma),)``."""
+        return ((int(self.seed), float(self.sigma)),)
+
+
+@dataclass(frozen=True)
+class Merged:
+    """A model made of several noise terms on the base weights (a consolidated model): ``base + sum_i c_i eps_i``.
+
+    ``index`` is its number among the models evaluated beside the search (randopt_verl.trainers.consolidate);
+    ``term_list`` the ``(seed, coeff)`` pairs, in summation order."""
+
+    index: int
+    term_list: Terms
+
+    def terms(self) -> Terms:
+        return self.term_list
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": int(self.index), "terms": [[int(s), float(c)] for s, c in self.term_list]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Merged:
+        return cls(index=int(d["index"]), term_list=tuple((int(s), float(c)) for s, c in d["terms"]))
+
+
+def candidate_from_dict(d: Mapping[str, Any] | None) -> Candidate | Merged | None:
+    """The inverse of ``to_dict`` for either kind (a dict with ``terms`` is a `Merged`); None stays None."""
+    if d is None:
+        return None
+    return Merged.from_dict(d) if "terms" in d else Candidate.from_dict(d)
+
+
+def combined(tensor: torch.Tensor, terms: Sequence[tuple[int, float]], name: str, *, offset: int = 0) -> torch.Tensor:
+    """A new tensor ``(fp32(tensor) + sum_i coeff_i * noise(seed_i, name)).to(tensor.dtype)``: the terms added in
+    order, each as ``perturb_`` adds it (``acc + noise * coeff`` in fp32), rounded to the tensor's dtype once.
+
+    One term is exactly ``perturbed(tensor, seed, name, coeff)`` (the same two fp32 operations and one rounding).
+    The input is never modified; no terms returns a copy of the input."""
+    terms = list(terms)
+    if len(terms) == 1:
+        seed, coeff = terms[0]
+        return perturbed(tensor, int(seed), name, float(coeff), offset=offset)
+    acc = tensor.detach().to(torch.float32, copy=True).contiguous()
+    for seed, coeff in terms:
+        perturb_(acc, int(seed), name, float(coeff), offset=offset)
+    return acc.to(tensor.dtype)
 
 
 def sample_population(global_seed: int, n: int, sigmas: Sequence[float]) -> list[Candidate]:
@@ -141,7 +195,7 @@ def tied_aliases(model_or_named: torch.nn.Module | Iterable[tuple[str, torch.Ten
 
 def perturb_named_tensors(
     named_tensors: Iterable[tuple[str, torch.Tensor]],
-    candidate: Candidate | None,
+    candidate: Candidate | Merged | None,
     param_filter: ParamFilter,
     aliases: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
@@ -159,7 +213,7 @@ def perturb_named_tensors(
             continue
         canonical = aliases.get(name, name)
         if param_filter.selects(canonical, tensor):
-            yield name, perturbed(tensor, candidate.seed, canonical, candidate.sigma)
+            yield name, combined(tensor, candidate.terms(), canonical)
         else:
             yield name, tensor
 
@@ -176,12 +230,12 @@ def snapshot_parameters(module: torch.nn.Module, param_filter: ParamFilter | Non
 
 def perturb_module_(
     module: torch.nn.Module,
-    candidate: Candidate | None,
+    candidate: Candidate | Merged | None,
     param_filter: ParamFilter,
     pristine: Mapping[str, torch.Tensor],
 ) -> None:
     """Set the module's weights to ``candidate``'s in place: every parameter with a pristine copy becomes
-    ``pristine + sigma * noise`` if selected, else ``pristine``; ``candidate=None`` restores all of them.
+    ``combined(pristine, candidate.terms())`` if selected, else ``pristine``; ``candidate=None`` restores all of them.
 
     Always copying from the pristine copy, never subtracting regenerated noise, makes restore exact
     (subtraction drifts in bf16 and even in fp32 over thousands of candidates), and makes the module's
@@ -197,4 +251,4 @@ def perturb_module_(
                     raise KeyError(f"no pristine copy of selected parameter {name!r}")
                 continue
             base = pristine[name]
-            param.copy_(perturbed(base, candidate.seed, name, candidate.sigma) if selected else base)
+            param.copy_(combined(base, candidate.terms(), name) if selected else base)

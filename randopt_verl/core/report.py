@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-__all__ = ["pct", "count", "duration", "markdown", "results_table", "compare_table"]
+__all__ = ["pct", "pct_ci", "points", "count", "duration", "markdown", "results_table", "compare_table",
+           "seed_groups_table", "spread"]
 
 
 def _finite(x: Any) -> float | None:
@@ -31,6 +32,34 @@ def pct(x: Any) -> str:
     """A fraction in [0, 1] as a percentage with one decimal."""
     v = _finite(x)
     return "-" if v is None else f"{100.0 * v:.1f}%"
+
+
+def pct_ci(x: Any, ci: Any = None) -> str:
+    """An accuracy with its 95% interval: "52.5% [41.0, 63.2]" (the interval in percent; omitted when absent)."""
+    lo, hi = (ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None))
+    lo, hi = _finite(lo), _finite(hi)
+    if lo is None or hi is None:
+        return pct(x)
+    return f"{pct(x)} [{100.0 * lo:.1f}, {100.0 * hi:.1f}]"
+
+
+def points(x: Any, ci: Any = None) -> str:
+    """A difference of accuracies in percentage points with its interval: "+3.0 pts [-1.0, +7.0]"."""
+    v = _finite(x)
+    if v is None:
+        return "-"
+    lo, hi = (ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None))
+    lo, hi = _finite(lo), _finite(hi)
+    text = f"{100.0 * v:+.1f} pts"
+    return text if lo is None or hi is None else f"{text} [{100.0 * lo:+.1f}, {100.0 * hi:+.1f}]"
+
+
+def spread(d: Mapping[str, Any] | None, fmt=None) -> str:
+    """``{"mean", "sd", "n"}`` (core.stats.mean_sd) as "52.5% ± 3.1% (n=3)"."""
+    if not d or _finite(d.get("mean")) is None:
+        return "-"
+    fmt = fmt or pct
+    return f"{fmt(d['mean'])} ± {fmt(d.get('sd'))} (n={d.get('n')})"
 
 
 def count(n: Any) -> str:
@@ -74,57 +103,115 @@ def _cost_row(label: str, c: Mapping[str, Any]) -> list[str]:
 
 def results_table(results: Mapping[str, Any]) -> str:
     """The tables of one RandOpt results.json (schema in `randopt_verl.core.vote`); every key but ``base`` may be
-    missing (its cell renders as "-").
+    missing (its cell renders as "-"). Accuracies carry their 95% interval in brackets where results.json has one.
 
     "Best single expert" is the rank-1 expert's test accuracy (chosen on the selection set: an honest number); the
-    best test accuracy among the top-K is shown too, labelled as chosen on test (an optimistic one).
+    best test accuracy among the candidates with test answers is shown too, labelled as chosen on test (the oracle:
+    an optimistic one), with Spearman's rho between selection and test score over those candidates.
     """
     base = results.get("base", {})
     experts = results.get("experts") or []
+    diag = results.get("diagnostics") or {}
     parts = []
 
-    head = [["base model (greedy)", pct(base.get("test_acc"))]]
+    head = [["base model (greedy)", pct_ci(base.get("test_acc"), base.get("ci95"))]]
     if experts:
         e = experts[0]
         head.append([f"best single expert (rank 1 on selection: #{e.get('index')}, sigma {e.get('sigma')})",
-                     pct(e.get("test_acc"))])
-        tested = [x for x in experts if _finite(x.get("test_acc")) is not None]
-        if tested:
-            b = max(tested, key=lambda x: (x["test_acc"], -x.get("rank", 0)))
-            head.append([f"best of top-{len(experts)} on test (chosen on test: optimistic; #{b.get('index')})",
-                         pct(b["test_acc"])])
+                     pct_ci(e.get("test_acc"), e.get("ci95"))])
+        if diag.get("oracle_best_index") is not None:
+            head.append([f"best on test of {diag.get('n_tested')} tested candidates (chosen on test: optimistic; "
+                         f"#{diag['oracle_best_index']})", pct_ci(diag.get("oracle_best_test_acc"),
+                                                                  diag.get("oracle_best_ci95"))])
+        else:
+            tested = [x for x in experts if _finite(x.get("test_acc")) is not None]
+            if tested:
+                b = max(tested, key=lambda x: (x["test_acc"], -x.get("rank", 0)))
+                head.append([f"best of top-{len(experts)} on test (chosen on test: optimistic; #{b.get('index')})",
+                             pct_ci(b["test_acc"], b.get("ci95"))])
     else:
         head.append(["best single expert", "-"])
+    cons = results.get("consolidated")
+    if cons:
+        head.append([f"consolidated model (one forward pass per prompt; {cons.get('weighting')} weights over "
+                     f"{cons.get('over')}, {cons.get('n_members')} members, scale {cons.get('scale')})",
+                     pct_ci(cons.get("test_acc"), cons.get("ci95"))])
+        if "shuffled_control_test_acc" in cons:
+            head.append([f"consolidated, shuffled-reward control (scale {cons.get('shuffled_control_scale')})",
+                         pct_ci(cons.get("shuffled_control_test_acc"), cons.get("shuffled_control_ci95"))])
+    if "selection_test_spearman" in diag:
+        rho = _finite(diag.get("selection_test_spearman"))
+        head.append([f"Spearman rho, selection score vs test accuracy ({diag.get('n_tested')} tested candidates)",
+                     "-" if rho is None else f"{rho:+.2f}"])
     for key, label in (("n_candidates", "candidates searched (N)"), ("n_selection", "selection prompts"),
                        ("n_test", "test prompts")):
         if key in results:
             head.append([label, str(results[key])])
-    parts.append(markdown(["metric", "value"], head))
+    parts.append(markdown(["metric", "value (95% CI)"], head))
 
     maj, rnd, bmaj = _by_k(results.get("maj_at_k")), _by_k(results.get("random_k")), _by_k(results.get("base_maj_at_k"))
+    maj_ci, bmaj_ci = _by_k(results.get("maj_at_k_ci95")), _by_k(results.get("base_maj_at_k_ci95"))
     ks = sorted(set(maj) | set(rnd) | set(bmaj))
     if ks:
         rows = []
         for k in ks:
             r = rnd.get(k)
             rtxt = "-" if r is None else f"{pct(r.get('mean'))} ± {pct(r.get('std'))} ({len(r.get('draws') or [])} draws)"
-            rows.append([str(k), pct(maj.get(k)), rtxt, pct(bmaj.get(k))])
+            if r is not None and r.get("ci95"):
+                rtxt += f" [{100.0 * r['ci95'][0]:.1f}, {100.0 * r['ci95'][1]:.1f}]"
+            rows.append([str(k), pct_ci(maj.get(k), maj_ci.get(k)), rtxt, pct_ci(bmaj.get(k), bmaj_ci.get(k))])
         parts.append(markdown(["k", "selected top-k vote", "random-k vote (mean ± std)", "base maj@k"], rows))
         pops = sorted({r.get("n_population") for r in rnd.values() if r.get("n_population") is not None})
         if pops:
             parts.append(f"random-k control drew from {', '.join(map(str, pops))} evaluated candidates")
 
+    paired = _paired_rows(results.get("paired") or {})
+    if paired:
+        n = next((p.get("n") for _, p in paired if p.get("n")), None)
+        parts.append(markdown(["difference on the same test prompts", "mean (paired bootstrap 95% CI)"],
+                              [[label, points(p.get("diff"), p.get("ci95"))] for label, p in paired])
+                     + f"\n\npaired bootstrap over the {n} test prompts ({next((p.get('n_boot') for _, p in paired), '-')} "
+                       "resamples); an interval that excludes 0 is a difference the test set resolves")
+
     fb = results.get("fraction_beating_base_by_sigma") or {}
     if fb:
-        rows = [[str(s), str(d.get("n", "-")), str(d.get("beating", "-")), pct(d.get("fraction"))]
-                for s, d in sorted(fb.items(), key=lambda kv: float(kv[0]))]
-        parts.append(markdown(["sigma", "candidates", "beating base (selection)", "fraction"], rows))
+        rows = []
+        for s_, d in sorted(fb.items(), key=lambda kv: float(kv[0])):
+            test = "-" if not d.get("test_n") else (f"{d.get('test_beating')}/{d.get('test_n')} "
+                                                    f"{pct_ci(d.get('test_fraction'), d.get('test_ci95'))}")
+            rows.append([str(s_), str(d.get("n", "-")), str(d.get("beating", "-")),
+                         pct_ci(d.get("fraction"), d.get("ci95")), test])
+        parts.append(markdown(["sigma", "candidates", "beating base (selection)", "fraction",
+                               "beating base on test (random control subset)"], rows))
 
     crow = [_cost_row("search", results.get("cost") or {})]
     if results.get("test_cost"):
         crow.append(_cost_row("test answers and controls", results["test_cost"]))
+    if cons and cons.get("selection_cost"):
+        crow.append(_cost_row("consolidation: merged models on the selection set", cons["selection_cost"]))
+    if cons and cons.get("test_cost"):
+        crow.append(_cost_row("consolidated model's test answers (1 per prompt)", cons["test_cost"]))
     parts.append(markdown(["cost", "rollouts", "generated tokens", "wall time"], crow))
     return "\n\n".join(parts) + "\n"
+
+
+def _paired_rows(paired: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The paired differences in reading order, labelled."""
+    rows = []
+    for k, p in sorted(_by_k(paired.get("maj_at_k_vs_random_k")).items()):
+        rows.append((f"selected top-{k} vote − random-{k} vote (mean over draws)", p))
+    for k, p in sorted(_by_k(paired.get("maj_at_k_vs_base")).items()):
+        rows.append((f"selected top-{k} vote − base", p))
+    if paired.get("best_expert_vs_base"):
+        rows.append(("best single expert − base", paired["best_expert_vs_base"]))
+    if paired.get("consolidated_vs_shuffled_control"):
+        rows.append(("consolidated − shuffled-reward control", paired["consolidated_vs_shuffled_control"]))
+    if paired.get("consolidated_vs_base"):
+        rows.append(("consolidated − base", paired["consolidated_vs_base"]))
+    if paired.get("consolidated_vs_maj_at_k"):
+        p = paired["consolidated_vs_maj_at_k"]
+        rows.append((f"consolidated − selected top-{p.get('k')} vote", p))
+    return rows
 
 
 def compare_table(runs: Sequence[Mapping[str, Any]]) -> str:
@@ -151,3 +238,18 @@ def compare_table(runs: Sequence[Mapping[str, Any]]) -> str:
                  "(weights-in included; validation, test answers, checkpoint I/O and start-up excluded) up to that "
                  "accuracy.")
     return markdown(headers, rows) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def seed_groups_table(groups: Sequence[Mapping[str, Any]]) -> str:
+    """Runs repeated over seeds (`randopt_verl.tools.compare.group_by_seed`): mean ± sd (sample sd) with n."""
+    rows = []
+    for g in groups:
+        seeds = "; ".join(", ".join(f"{k}={v}" for k, v in s.items())
+                          for s in g.get("seeds") or []) or "-"
+        rows.append([str(g["name"]), g["method"], str(g["n"]),
+                     f"{spread(g.get('accuracy'))} ({g.get('accuracy_label') or 'accuracy'})",
+                     spread(g.get("base_accuracy")), spread(g.get("rollouts"), count),
+                     spread(g.get("wall_s"), duration), seeds])
+    return (markdown(["runs (same config but the seed)", "method", "n", "accuracy mean ± sd", "base mean ± sd",
+                      "rollouts", "wall time", "seeds"], rows)
+            + "\n\nmean ± sample standard deviation over the runs that differ only in their seeds\n")

@@ -16,6 +16,13 @@ run::
     es_iterations.jsonl ES: one row per update (seeds, rewards, z, alpha), enough to recompute it
     global_step_N/     verl's checkpoints (ES, GRPO); GRPO adds cost.json there: the cost counters as of step N
     density.png, maj_at_k.png   RandOpt's plots (randopt_verl.tools.plots)
+    consolidated.json  RandOpt with randopt.consolidate: the consolidation's plan and choice (members, weights,
+                       every merged model's terms, the chosen scales): enough to rebuild the merged model
+                       (randopt_verl.trainers.consolidate; `randopt-verl export --consolidated`)
+    consolidation_ledger.jsonl       the merged models' selection-set evaluations (index: the model's number in
+                                     consolidated.json)
+    consolidation_test_ledger.jsonl  the chosen merged models' test-set answers (same indices)
+    config.json        GRPO: the full resolved config (RandOpt and ES keep it in manifest.json); `compare` reads it
 
 Index conventions (ledger and test ledger)
 ------------------------------------------
@@ -119,6 +126,10 @@ RESULTS = "results.json"
 METRICS = "metrics.jsonl"
 ES_ITERATIONS = "es_iterations.jsonl"
 CHECKPOINT_COST = "cost.json"  # GRPO: the cost counters in verl's global_step_N checkpoint folder
+CONSOLIDATED = "consolidated.json"
+CONSOLIDATION_LEDGER = "consolidation_ledger.jsonl"
+CONSOLIDATION_TEST_LEDGER = "consolidation_test_ledger.jsonl"
+CONFIG = "config.json"
 DENSITY_PNG = "density.png"
 MAJ_AT_K_PNG = "maj_at_k.png"
 
@@ -627,6 +638,8 @@ class RunDir:
         self.manifest = manifest
         self.ledger = Ledger(self.path / LEDGER)
         self.test_ledger = Ledger(self.path / TEST_LEDGER)
+        self.consolidation_ledger = Ledger(self.path / CONSOLIDATION_LEDGER)
+        self.consolidation_test_ledger = Ledger(self.path / CONSOLIDATION_TEST_LEDGER)
 
     # -- file names
     @property
@@ -640,6 +653,14 @@ class RunDir:
     @property
     def results_path(self) -> Path:
         return self.path / RESULTS
+
+    @property
+    def consolidated_path(self) -> Path:
+        return self.path / CONSOLIDATED
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
 
     @property
     def metrics_path(self) -> Path:
@@ -744,6 +765,29 @@ class RunDir:
         """results.json, or None before the run has finished."""
         return read_json(self.results_path) if self.results_path.exists() else None
 
+    def write_consolidated(self, obj: Any) -> None:
+        atomic_write_json(self.consolidated_path, obj)
+
+    def consolidated(self) -> dict | None:
+        """consolidated.json, or None when no consolidation ran."""
+        return read_json(self.consolidated_path) if self.consolidated_path.exists() else None
+
+    def reset_consolidation(self) -> None:
+        """Drop the merged models' evaluations (their plan changed: they are computed again; the search is kept)."""
+        for ledger in (self.consolidation_ledger, self.consolidation_test_ledger):
+            ledger.close()
+            ledger.path.unlink(missing_ok=True)
+
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        """config.json: the resolved config of a run that has no manifest (GRPO)."""
+        atomic_write_json(self.config_path, config)
+
+    def config(self) -> dict | None:
+        """The run's resolved config: the manifest's (RandOpt, ES) or config.json's (GRPO); None if neither."""
+        if self.manifest_path.exists():
+            return (read_json(self.manifest_path) or {}).get("config")
+        return read_json(self.config_path) if self.config_path.exists() else None
+
     def close(self) -> None:
-        self.ledger.close()
-        self.test_ledger.close()
+        for ledger in (self.ledger, self.test_ledger, self.consolidation_ledger, self.consolidation_test_ledger):
+            ledger.close()

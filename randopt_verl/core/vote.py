@@ -59,22 +59,53 @@ a leading minus counts only when it is not preceded by a letter, digit or closin
 results.json schema (what `randopt_verl.core.report.results_table` renders)
 ---------------------------------------------------
 Accuracies are fractions in [0, 1]. k-keyed dicts have string keys in JSON ("5"); the report accepts int or
-str keys. Every key except ``base`` may be missing (the row renders as "-").
+str keys. Every key except ``base`` may be missing (the row renders as "-"). An interval ``[lo, hi]`` is a 95%
+interval: ``ci95`` next to an accuracy is Wilson's (`randopt_verl.core.stats.accuracy_ci`, over the test prompts;
+random-k's is a bootstrap over prompts of its per-prompt means); a ``paired`` entry is a paired bootstrap over the
+same test prompts (`stats.paired_bootstrap`). Intervals, ``paired`` and ``diagnostics`` are added by
+`randopt_verl.core.diagnostics.annotate`; ``consolidated`` by randopt_verl.trainers.consolidate.
 
     {
       "schema_version": 1,
       "n_candidates": int,                 # candidates scored on the selection set
       "n_selection": int, "n_test": int,   # prompts
       "base": {"test_acc": float,          # base model, greedy, on the test set
-               "selection_score": float},  # base model's mean reward on the selection set
+               "ci95": [lo, hi],
+               "selection_score": float,   # base model's mean reward on the selection set
+               "selection_acc": float, "selection_ci95": [lo, hi]},
       "experts": [                         # the selected top-K, in rank order
         {"rank": 1, "index": int, "seed": int, "sigma": float,
-         "selection_score": float, "selection_acc": float, "test_acc": float}, ...],
+         "selection_score": float, "selection_acc": float, "selection_ci95": [lo, hi],
+         "test_acc": float, "ci95": [lo, hi]}, ...],
       "maj_at_k":      {"<k>": float},     # selected top-k vote on the test set
+      "maj_at_k_ci95": {"<k>": [lo, hi]},
       "random_k":      {"<k>": {"mean": float, "std": float, "draws": [float, ...],
-                                "n_population": int, "seed": int}},
+                                "n_population": int, "seed": int, "ci95": [lo, hi]}},
       "base_maj_at_k": {"<k>": float},     # base model self-consistency, k samples
-      "fraction_beating_base_by_sigma": {"<sigma>": {"n": int, "beating": int, "fraction": float}},
+      "base_maj_at_k_ci95": {"<k>": [lo, hi]},
+      "fraction_beating_base_by_sigma": {"<sigma>": {
+          "n": int, "beating": int, "fraction": float, "ci95": [lo, hi],        # selection set, all candidates
+          "test_n": int, "test_beating": int, "test_fraction": float,           # test set, the control population
+          "test_ci95": [lo, hi]}},                                              # (a random subset; when present)
+      "paired": {                          # each {"diff": a - b, "ci95": [lo, hi], "n": prompts, "n_boot": int}
+          "maj_at_k_vs_random_k": {"<k>": {...}},   # random-k per prompt: the mean over its draws
+          "maj_at_k_vs_base": {"<k>": {...}},
+          "best_expert_vs_base": {...},
+          "consolidated_vs_shuffled_control": {...}, "consolidated_vs_base": {...},
+          "consolidated_vs_maj_at_k": {..., "k": int}},            # the largest k
+      "diagnostics": {
+          "n_tested": int,                 # candidates with test answers (top-K and control population)
+          "selection_test_spearman": float | null,   # Spearman rho, selection score vs test accuracy over them
+          "oracle_best_index": int, "oracle_best_test_acc": float, "oracle_best_ci95": [lo, hi],  # chosen on test
+          "selected_best_index": int, "selected_best_test_acc": float, "selected_best_ci95": [lo, hi]},  # rank 1
+      "consolidated": {                    # randopt.consolidate.enabled: one merged model, one pass per prompt
+          "test_acc": float, "ci95": [lo, hi], "scale": float, "weighting": "zscore", "over": "top_k"|"population",
+          "n_members": int, "n_terms": int, "selection_score": float, "selection_score_by_scale": {"<s>": float},
+          "forward_passes_per_prompt": 1,
+          "test_cost": {"rollouts", "tokens", "wall_s"},       # its test answers: one rollout per prompt
+          "selection_cost": {"rollouts", "tokens", "wall_s"},  # scoring the merged models on the selection set
+          "shuffled_control_test_acc": float, "shuffled_control_ci95": [lo, hi], "shuffled_control_scale": float,
+          "shuffled_control_selection_score": float, "shuffled_control_selection_score_by_scale": {"<s>": float}},
       "cost":      {"rollouts": int, "tokens": int, "wall_s": float},  # the search (see ARCHITECTURE, cost)
       "test_cost": {"rollouts": int, "tokens": int, "wall_s": float},  # test answers and controls
       "base_sampling_temperature": float                               # when base_maj_at_k is present
@@ -94,6 +125,7 @@ import numpy as np
 
 __all__ = [
     "rank", "top_k", "vote", "Outcome", "ensemble_outcomes", "ensemble_accuracy", "maj_at_k", "random_k",
+    "random_k_per_prompt",
     "self_consistency", "base_maj_at_k", "fallback_pred", "normalise_reward", "fraction_beating_base", "sigma_key",
 ]
 
@@ -206,17 +238,27 @@ def random_k(table: Any, population_members: Sequence[Any], k: int, draws: int, 
     Returns ``{"k", "mean", "std", "draws": [acc per draw], "n_population", "seed"}``.
     """
     pop = list(population_members)
+    accs = [ensemble_accuracy(table, voters) for voters in _random_draws(pop, k, draws, seed)]
+    arr = np.asarray(accs, dtype=np.float64)
+    return {"k": int(k), "mean": float(arr.mean()), "std": float(arr.std()), "draws": accs,
+            "n_population": len(pop), "seed": int(seed)}
+
+
+def _random_draws(pop: list, k: int, draws: int, seed: int) -> list[list]:
+    """The voters of each random-k draw (a random subset in random, drawn, order); see the module doc."""
     _check_k(k, len(pop), "random_k")
     if draws < 1:
         raise ValueError(f"random_k: draws={draws} must be >= 1")
     rng = _k_rng(seed, k)
-    accs = []
-    for _ in range(draws):
-        idx = rng.choice(len(pop), size=k, replace=False)  # a random subset in random (drawn) order
-        accs.append(ensemble_accuracy(table, [pop[i] for i in idx]))
-    arr = np.asarray(accs, dtype=np.float64)
-    return {"k": int(k), "mean": float(arr.mean()), "std": float(arr.std()), "draws": accs,
-            "n_population": len(pop), "seed": int(seed)}
+    return [[pop[i] for i in rng.choice(len(pop), size=k, replace=False)] for _ in range(draws)]
+
+
+def random_k_per_prompt(table: Any, population_members: Sequence[Any], k: int, draws: int, seed: int) -> list[float]:
+    """Per prompt, the voted correctness averaged over the same draws as `random_k` (its mean is random_k's mean):
+    the random-k side of a paired comparison over prompts."""
+    per_draw = [[o.acc for o in ensemble_outcomes(table, voters)]
+                for voters in _random_draws(list(population_members), k, draws, seed)]
+    return [float(x) for x in np.mean(np.asarray(per_draw, dtype=np.float64), axis=0)]
 
 
 def self_consistency(samples_table: Sequence[Any], k: int) -> float:

@@ -232,7 +232,7 @@ class HFEngine:
         self.prefix_stats = {"encoded": 0, "reused": 0, "tokens_saved": 0}
         # One lock: a weight change never overlaps a forward pass.
         self.lock = threading.Lock()
-        self.candidate: Optional[tuple[int, float]] = None
+        self.candidate: Optional[tuple] = None  # the held terms ((seed, coeff), ...)
 
     # -- weights -------------------------------------------------------------------------------------------
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
@@ -264,12 +264,18 @@ class HFEngine:
     def set_candidate(self, seed: Optional[int], sigma: float = 0.0, param_filter=None) -> None:
         """Hold pristine + σ·ε(seed) (the canonical noise, in fp32, then rounded to the model's dtype), or the
         pristine weights when seed is None."""
-        from randopt_verl.core.population import Candidate, ParamFilter, perturb_module_
+        from randopt_verl.core.population import Candidate
 
-        cand = None if seed is None else Candidate(index=-1, seed=int(seed), sigma=float(sigma))
+        self.hold(None if seed is None else Candidate(index=-1, seed=int(seed), sigma=float(sigma)), param_filter)
+
+    def hold(self, candidate, param_filter=None) -> None:
+        """Hold a `Candidate` or `Merged` (`population.combined`: pristine + Σ coeff·ε over its terms in fp32, rounded
+        once to the model's dtype), or the pristine weights for None."""
+        from randopt_verl.core.population import ParamFilter, perturb_module_
+
         with self.lock:
-            perturb_module_(self.model, cand, param_filter or ParamFilter(None, None), self.pristine)
-            self.candidate = None if cand is None else (cand.seed, cand.sigma)
+            perturb_module_(self.model, candidate, param_filter or ParamFilter(None, None), self.pristine)
+            self.candidate = None if candidate is None else candidate.terms()
             self._prefix = None
 
     def named_weights(self) -> dict[str, torch.Tensor]:

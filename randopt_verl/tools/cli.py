@@ -17,6 +17,12 @@ Every command runs on any CPU (no GPU, no network):
         checkpoint (fp32) with its tokenizer and a randopt_expert.json record. Needs RAM for the fp32 model
         (4 bytes per parameter). --model-path: the base checkpoint, when it moved since the search.
         --force: write into a non-empty DIR (its weight files are replaced).
+        --consolidated instead of --rank: the consolidated model (after `randopt-verl consolidate`).
+        --dtype fp32|bf16: the checkpoint's dtype (bf16: the fp32 weights rounded once, as a bf16 rollout holds them).
+    randopt-verl consolidate RUN_DIR [--out DIR] [--dtype fp32|bf16] [randopt.consolidate.KEY=VALUE ...]
+        Merge the experts of a finished RandOpt run into one model (trainers/consolidate.py): the run's own config
+        with randopt.consolidate.enabled=true is run again (nothing of the search is redone), results.json gains
+        the consolidated model, its shuffled control and intervals; --out exports the model.
     randopt-verl density RUN_DIR
         Draw density.png (and maj_at_k.png once results.json exists) into RUN_DIR, print their paths and the
         results table.
@@ -108,18 +114,55 @@ register(Command("demo", "RandOpt on the embedded default model on this CPU, wit
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory of a finished RandOpt search")
-    p.add_argument("--rank", type=int, required=True, help="which expert: 1 = best on the selection set")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--rank", type=int, help="which expert: 1 = best on the selection set")
+    which.add_argument("--consolidated", action="store_true",
+                       help="the consolidated model (consolidated.json; see `randopt-verl consolidate`)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory for the HF checkpoint")
     p.add_argument("--model-path", default=None, metavar="P",
                    help="base model directory (default: the path recorded in the run's manifest)")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
+                   help="weights' dtype: fp32, or bf16 (the fp32 weights rounded once, as a bf16 rollout holds them)")
     p.add_argument("--force", action="store_true", help="write into DIR even if it is not empty")
 
 
 def _export(args: argparse.Namespace) -> int:
-    from randopt_verl.tools.export import EXPERT_RECORD, export_expert
+    from randopt_verl.tools.export import CONSOLIDATED_RECORD, EXPERT_RECORD, export_consolidated, export_expert
 
-    out = export_expert(args.run_dir, args.rank, args.out, model_path=args.model_path, force=args.force)
+    if args.consolidated:
+        out = export_consolidated(args.run_dir, args.out, model_path=args.model_path, force=args.force,
+                                  dtype=args.dtype)
+        print(f"{PROG}: wrote the consolidated model of {args.run_dir} to {out} (record: {out / CONSOLIDATED_RECORD})")
+        return 0
+    out = export_expert(args.run_dir, args.rank, args.out, model_path=args.model_path, force=args.force,
+                        dtype=args.dtype)
     print(f"{PROG}: wrote expert rank {args.rank} of {args.run_dir} to {out} (record: {out / EXPERT_RECORD})")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- consolidate
+
+
+def _consolidate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory of a finished RandOpt search")
+    p.add_argument("--out", default=None, metavar="DIR", help="also export the consolidated model to DIR")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="dtype of the exported checkpoint")
+    p.add_argument("--force", action="store_true", help="export into DIR even if it is not empty")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="randopt.consolidate.* settings for this consolidation, e.g. randopt.consolidate.over=population")
+
+
+def _consolidate(args: argparse.Namespace) -> int:
+    from randopt_verl.tools.consolidate import consolidate
+    from randopt_verl.tools.export import CONSOLIDATED_RECORD, export_consolidated
+
+    results = consolidate(args.run_dir, args.overrides)
+    from randopt_verl.core import report
+
+    print(report.results_table(results), end="")
+    if args.out:
+        out = export_consolidated(args.run_dir, args.out, force=args.force, dtype=args.dtype)
+        print(f"{PROG}: wrote the consolidated model to {out} (record: {out / CONSOLIDATED_RECORD})")
     return 0
 
 
@@ -174,6 +217,8 @@ def _compare(args: argparse.Namespace) -> int:
 
 register(Command("export", "export one expert of a finished RandOpt run as a Hugging Face checkpoint",
                  _export_args, _export))
+register(Command("consolidate", "merge a finished RandOpt run's experts into one model (and its shuffled control)",
+                 _consolidate_args, _consolidate))
 register(Command("density", "draw the candidate score density (and maj@k) plots of a RandOpt run",
                  _density_args, _density))
 register(Command("compare", "compare RandOpt, ES and GRPO runs: accuracy against cost", _compare_args, _compare))

@@ -28,6 +28,14 @@ Formats read:
 
 The final point is the last validation: its accuracy at the cost spent when it was measured. The table is
 rendered by `randopt_verl.core.report.compare_table`.
+
+Seeds: runs that differ only in their seeds are repeats of one experiment. `load_run` also reads each run's resolved
+config (RandOpt and ES: manifest.json; GRPO: config.json, which its trainer writes; `RunDir.config`), and
+`group_by_seed` groups runs whose configs are equal once the seeds (every key named ``seed`` or ``*_seed``:
+randopt.seed, es.seed, GRPO's data.seed, actor_rollout_ref.rollout.seed, ...) and the per-run names and places
+(``run_dir``, ``default_local_dir``, ``experiment_name``, ``project_name``, ``logger``, ``plots``) are set aside.
+Each group of two or more is reported as mean ± sd (sample sd) with n (`report.seed_groups_table`), and the plot
+draws the group's spread as error bars at its mean final cost. A run without a config is its own group.
 """
 
 from __future__ import annotations
@@ -168,25 +176,90 @@ def load_run(run_dir: str | os.PathLike) -> dict:
     """One run of any trainer, normalised (see the module docstring). ``run_dir`` may also be a metrics .jsonl."""
     p = Path(run_dir)
     if p.is_file() and p.suffix == ".jsonl":
-        return _load_metrics(p, p.stem)
+        return dict(_load_metrics(p, p.stem), config=None)
     if not p.is_dir():
         raise FileNotFoundError(f"run directory {p} does not exist")
     name, run = p.resolve().name, RunDir(p)
     if run.results_path.is_file():
-        return _load_randopt(run.results_path, name)
-    if run.metrics_path.is_file():
-        return _load_metrics(run.metrics_path, name)
-    raise FileNotFoundError(
-        f"{p} has neither {RESULTS} (a finished RandOpt run) nor {METRICS} (an ES or GRPO run): nothing to compare"
-    )
+        out = _load_randopt(run.results_path, name)
+    elif run.metrics_path.is_file():
+        out = _load_metrics(run.metrics_path, name)
+    else:
+        raise FileNotFoundError(
+            f"{p} has neither {RESULTS} (a finished RandOpt run) nor {METRICS} (an ES or GRPO run): nothing to compare"
+        )
+    out["config"] = run.config()
+    return out
+
+
+# ------------------------------------------------------------------------------------------- seeds
+
+_SEED_KEY = re.compile(r"(^|_)seed$")
+_PER_RUN_KEYS = {"run_dir", "default_local_dir", "experiment_name", "project_name", "logger", "plots"}
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def split_seeds(config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(the config's identity without seeds and per-run names, as a canonical string; {seed key: value})."""
+    import json
+
+    flat = _flat(config)
+    seeds = {k: v for k, v in flat.items() if _SEED_KEY.search(k.rsplit(".", 1)[-1])}
+    rest = {k: v for k, v in flat.items() if k not in seeds and k.rsplit(".", 1)[-1] not in _PER_RUN_KEYS}
+    return json.dumps(rest, sort_keys=True, default=str), seeds
+
+
+def group_by_seed(runs: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Runs grouped by their config without seeds (see the module docstring), in first-seen order. Each group:
+    ``{"name", "method", "runs": [names], "seeds": [{key: value} that vary], "n", "accuracy", "base_accuracy",
+    "rollouts", "tokens", "wall_s"}`` with each number as ``stats.mean_sd`` over the group's runs."""
+    from randopt_verl.core import stats
+
+    groups: dict[str, list] = {}
+    for i, r in enumerate(runs):
+        key, seeds = split_seeds(r["config"]) if r.get("config") else (f"#{i}", {})
+        groups.setdefault(f"{r['method']}|{r.get('accuracy_label')}|{key}", []).append((r, seeds))
+    out = []
+    for members in groups.values():
+        runs_, seeds = [m[0] for m in members], [m[1] for m in members]
+        varying = sorted({k for s in seeds for k in s if len({repr(x.get(k)) for x in seeds}) > 1})
+
+        def spread(values):
+            return stats.mean_sd([v for v in values if v is not None])
+
+        out.append({
+            "name": runs_[0]["name"] if len(runs_) == 1 else f"{runs_[0]['name']} (+{len(runs_) - 1})",
+            "method": runs_[0]["method"], "accuracy_label": runs_[0].get("accuracy_label"),
+            "runs": [r["name"] for r in runs_], "n": len(runs_),
+            "seeds": [{k: s.get(k) for k in varying} for s in seeds],
+            "accuracy": spread([r["final"]["accuracy"] for r in runs_]),
+            "base_accuracy": spread([r.get("base_accuracy") for r in runs_]),
+            "rollouts": spread([r["final"].get("rollouts") for r in runs_]),
+            "tokens": spread([r["final"].get("tokens") for r in runs_]),
+            "wall_s": spread([r["final"].get("wall_s") for r in runs_]),
+        })
+    return out
 
 
 # ------------------------------------------------------------------------------------------- report
 
 
 def report(runs: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown table of the runs, in the order given."""
-    return _report.compare_table(runs)
+    """Markdown table of the runs, in the order given, then the seed groups (mean ± sd) when any run repeats."""
+    text = _report.compare_table(runs)
+    groups = group_by_seed(runs)
+    if any(g["n"] > 1 for g in groups):
+        text += "\n" + _report.seed_groups_table(groups)
+    return text
 
 
 def plot(runs: Sequence[Mapping[str, Any]], out_png: str | os.PathLike) -> Path:
@@ -211,6 +284,14 @@ def plot(runs: Sequence[Mapping[str, Any]], out_png: str | os.PathLike) -> Path:
                     ax.plot(*pts[-1], "*", color=color, markersize=12)
             if r.get("base_accuracy") is not None:
                 ax.axhline(r["base_accuracy"], color=color, linestyle="--", linewidth=1, alpha=0.7)
+    for i, g in enumerate(group_by_seed(runs)):  # repeats over seeds: mean ± sd of the final accuracy
+        if g["n"] < 2:
+            continue
+        for ax, key in zip(axes, ("rollouts", "tokens")):
+            x, acc = g[key].get("mean"), g["accuracy"]
+            if x is not None and math.isfinite(x):
+                ax.errorbar([x], [acc["mean"]], yerr=[acc["sd"]], xerr=[g[key]["sd"]], fmt="s", color="black",
+                            capsize=4, markersize=5, label=f"{g['name']}: mean ± sd over {g['n']} seeds")
     for ax, xl in zip(axes, ("rollouts (cumulative)", "generated tokens (cumulative)")):
         ax.set_xlabel(xl)
         ax.set_ylabel("test accuracy")

@@ -5,10 +5,12 @@ It (1) fetches and converts the embedded model once (randopt_verl.assets.embedde
 (two numbers, one of + - *, answer with only the expression; reward_fns/countdown.py scores it; every prompt a
 different problem, and the selection and test splits share none), (3) runs
 `python -m randopt_verl.main trainer=randopt hardware=cpu console.quiet=true <preset>` - the same verl harness as
-any run - whose Ray and verl output goes to `<out>/run/console.log` while the terminal shows one progress line per
-phase, and prints the command, so it can be rerun or changed by hand, and (4) prints the results table once
-(randopt_verl.core.report, from the run's results.json), the 95% intervals and the paired comparison of the selected
-top-k vote with the random-k vote over the same test prompts, and the plots' file names.
+any run - whose Ray and verl output goes to `<out>/run_<preset>/console.log` while the terminal shows one progress
+line per phase, and prints the command, so it can be rerun or changed by hand, and (4) prints the results table once
+(rendered by randopt_verl.core.report from the run's results.json: controls, the consolidated model and its shuffled
+control, 95% intervals, paired differences - among them the selected top-k vote against the random-k vote over the
+same test prompts - selection diagnostics, the fraction of candidates beating the base per sigma, the cost) and the
+plots' file names.
 Interrupted? Run it again: the run directory's ledger keeps every scored candidate, and the table is rebuilt.
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from randopt_verl.assets import data as datasets
 from randopt_verl.assets import embedded
-from randopt_verl.core import report, stats, vote
+from randopt_verl.core import report
 from randopt_verl.core.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +59,9 @@ COMMON = {
     "base_self_consistency": False,
     "max_response_length": 12,
     "seed": 0,
+    # one model out of the top-K experts and its shuffled-reward control (randopt.consolidate): two scales per
+    # variant scored on the selection set, then the two chosen models answer the test set once each
+    "consolidate_scales": "[1.0,2.0]",
 }
 DEFAULT_PRESET = "evidence"
 # The wording a probe (scripts/probe_demo_task.py) found the 135M model partly answers (about 8-20% on
@@ -105,6 +110,8 @@ def overrides(model: str, data_files: dict, run_dir: Path, preset: dict) -> list
         f"randopt.controls.random_k_draws={preset['random_k_draws']}",
         f"randopt.controls.population={preset['control_population']}",
         f"randopt.controls.base_self_consistency={preset['base_self_consistency']}",
+        "randopt.consolidate.enabled=true",
+        f"randopt.consolidate.scales={preset['consolidate_scales']}",
         f"randopt.run_dir={run_dir}",
         f"trainer.default_local_dir={run_dir}",
         "trainer.project_name=randopt_demo",
@@ -115,54 +122,11 @@ def overrides(model: str, data_files: dict, run_dir: Path, preset: dict) -> list
 
 
 def summary(run_dir: Path) -> str:
-    """The results table of the finished run (with its intervals) and where its plots are."""
+    """The results table of the finished run (intervals and paired differences included) and where its plots are."""
     run = RunDir(run_dir)
-    results = run.results()
-    lines = [report.results_table(results).rstrip("\n")]
-    if "paired" not in results:  # results.json from before the trainer wrote intervals: compute the comparison here
-        extra = paired_votes(results, run.test_ledger.read().by_index)
-        lines += ["", extra] if extra else []
+    lines = [report.results_table(run.results())]
     lines += [f"plot: {png}" for png in run.plot_paths if png.exists()]
     return "\n".join(lines)
-
-
-def paired_votes(results: dict, test_rows: dict) -> str:
-    """Selected top-k vote vs random-k vote on the same test prompts: the 95% interval of each (Wilson; random-k's
-    per-prompt value is its mean over the draws, so a bootstrap over prompts) and of their difference (paired
-    bootstrap over prompts, core.stats). The draws are random_k's own (same seed, same order)."""
-    table = {m: list(zip(r["preds"], r["accs"])) for m, r in test_rows.items()}
-    ranked = [e["index"] for e in results.get("experts") or []]
-    rows = []
-    if not all(i in table for i in ranked):
-        return ""
-    for k_text, r in sorted((results.get("random_k") or {}).items(), key=lambda kv: int(kv[0])):
-        k = int(k_text)
-        if k > len(ranked):
-            continue
-        top = [o.acc for o in vote.ensemble_outcomes(table, ranked[:k])]
-        pop = list(range(int(r["n_population"])))  # the control population: the first P candidates by index
-        if not all(i in table for i in pop):
-            return ""
-        rng = vote._k_rng(int(r["seed"]), k)
-        per_draw = [[o.acc for o in vote.ensemble_outcomes(table, [pop[i] for i in rng.choice(len(pop), size=k,
-                                                                                                  replace=False)])]
-                    for _ in r["draws"]]
-        rnd = [sum(col) / len(col) for col in zip(*per_draw)]
-        d = stats.paired_bootstrap(top, rnd)
-        rows.append([str(k), report.pct(sum(top) / len(top)) + _bracket(stats.accuracy_ci(top)),
-                     report.pct(sum(rnd) / len(rnd)) + _bracket(stats.bootstrap_mean(rnd)),
-                     f"{100 * d['diff']:+.1f} pts [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]"])
-    if not rows:
-        return ""
-    n = len(test_rows[min(test_rows)]["accs"])
-    return (report.markdown(["k", "selected top-k vote (95% CI)", "random-k vote (95% CI)",
-                             "top-k − random-k, paired"], rows)
-            + f"\n\npaired bootstrap over the {n} test prompts ({stats.N_BOOT} resamples): an interval that excludes 0 "
-              "is a difference this test set resolves")
-
-
-def _bracket(ci) -> str:
-    return f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
 def run(out: str = "randopt_demo", model: str | None = None, population: int | None = None,

@@ -1,17 +1,20 @@
-"""Export one expert of a finished RandOpt search as a plain Hugging Face checkpoint.
+"""Export one expert, or the consolidated model, of a finished RandOpt search as a plain Hugging Face checkpoint.
 
-    randopt-verl export RUN_DIR --rank 1 --out DIR [--model-path P] [--force]     # any CPU
+    randopt-verl export RUN_DIR --rank 1 --out DIR [--model-path P] [--force] [--dtype fp32|bf16]     # any CPU
+    randopt-verl export RUN_DIR --consolidated --out DIR [--dtype fp32|bf16]
 
-An expert is (seed, sigma) on top of the base model; nothing else is stored. `export_expert` rebuilds its weights
-the way the rollout does: the base checkpoint loaded in fp32, then ``perturb_module_`` (randopt_verl.core.population)
-with the run's parameter filter, so every selected parameter becomes ``base + sigma * noise(seed, name)`` computed
-in fp32, a tied weight perturbed once under its canonical name. The result is written with ``save_pretrained``
+An expert is (seed, sigma) on top of the base model, a consolidated model a list of terms (seed, coeff) recorded in
+consolidated.json (randopt_verl.trainers.consolidate); nothing else is stored. `export_expert` and
+`export_consolidated` rebuild the weights the way the rollout does: the base checkpoint loaded in fp32, then
+``perturb_module_`` (randopt_verl.core.population) with the run's parameter filter, so every selected parameter
+becomes ``combined(base, terms)`` = ``base + sum coeff * noise(seed, name)`` computed in fp32, a tied weight
+perturbed once under its canonical name; ``--dtype bf16`` then rounds the fp32 result once. The result is written with ``save_pretrained``
 (fp32 safetensors, config, generation_config) plus the tokenizer, so ``AutoModelForCausalLM.from_pretrained(DIR)``
 and vLLM load it like any other model, and ``randopt_expert.json`` beside it records where it came from.
 
-Precision: the checkpoint is fp32, bit for bit the weights the CPU (hf) rollout scored. Loading it with
-``dtype=torch.bfloat16`` gives bit for bit the weights a bf16 rollout (vLLM) scored, because a bf16 base widens to
-fp32 exactly and the sum is rounded to bf16 once in both cases.
+Precision: the default checkpoint is fp32, bit for bit the weights an fp32 rollout scored. ``--dtype bf16`` (or
+loading the fp32 one with ``dtype=torch.bfloat16``) gives bit for bit the weights a bf16 rollout (vLLM, the bf16 hf
+engine) scored, because a bf16 base widens to fp32 exactly and the sum is rounded to bf16 once in every case.
 
 Refused, with the reason: no ``topk.json`` yet (the search has not finished), a rank outside 1..K, an output
 directory that exists and is not empty (unless ``force``), a run whose noise definition differs from the installed
@@ -37,13 +40,15 @@ from typing import Any
 import torch
 
 from randopt_verl.core import noise
-from randopt_verl.core.population import Candidate, ParamFilter, perturb_module_
+from randopt_verl.core.population import Candidate, Merged, ParamFilter, perturb_module_
 from randopt_verl.core.rundir import RunDir, atomic_write_json, fingerprint_files, model_files, read_json
 
 log = logging.getLogger(__name__)
 
 EXPERT_RECORD = "randopt_expert.json"
 EXPERT_FORMAT = "randopt_verl.expert/1"
+CONSOLIDATED_RECORD = "randopt_consolidated.json"
+CONSOLIDATED_FORMAT = "randopt_verl.consolidated_model/1"
 # weight files of an HF checkpoint: removed from an existing output directory (force) so that a stale shard or
 # shard index from an earlier export can never be loaded together with the new weights
 _WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.bin.index.json")
@@ -112,35 +117,25 @@ def _check_out_dir(out_dir: Path, force: bool, protected: list[Path]) -> None:
             )
 
 
-def export_expert(
-    run_dir: str | os.PathLike,
-    rank: int,
-    out_dir: str | os.PathLike,
-    *,
-    model_path: str | os.PathLike | None = None,
-    force: bool = False,
-) -> Path:
-    """Write the rank-``rank`` expert (1-based, as in topk.json) of the run in ``run_dir`` to ``out_dir``.
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
-    ``model_path`` overrides the base model path recorded in the manifest (a run moved to another machine); the
-    base checkpoint found there must have the fingerprint the search recorded. Returns ``out_dir``.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    run = RunDir(run_dir)
-    manifest, topk = _read_run(run_dir)
-    expert = _expert(topk, rank, run.topk_path)
+def _dtype(name: str) -> torch.dtype:
+    if str(name) not in _DTYPES:
+        raise ValueError(f"--dtype {name!r}: use fp32 or bf16")
+    return _DTYPES[str(name)]
 
+
+def _base_model(run: RunDir, manifest: Mapping[str, Any], model_path) -> tuple[Path, ParamFilter, Any]:
+    """The checked base checkpoint, the run's parameter filter and its recorded fingerprint."""
     identity = manifest.get("identity") or {}
     spec = identity.get("noise_spec_version")
     if spec != noise.NOISE_SPEC:
         raise ValueError(
             f"{run.manifest_path} records noise spec {spec!r}, but the installed randopt_verl defines "
-            f"{noise.NOISE_SPEC!r}: the expert cannot be rebuilt exactly with this version. Install the "
+            f"{noise.NOISE_SPEC!r}: the model cannot be rebuilt exactly with this version. Install the "
             "randopt_verl version the search ran with."
         )
-
     config = manifest.get("config") or {}
     if model_path is None:
         try:
@@ -159,12 +154,11 @@ def export_expert(
         pf = (identity.get("search") or {}).get("param_filter")
     if pf is None:
         raise ValueError(f"{run.manifest_path} records no parameter filter (config.randopt.param_filter): "
-                         "cannot tell which parameters the expert perturbs")
-    param_filter = ParamFilter.from_config(pf)
+                         "cannot tell which parameters the model perturbs")
+    return model_path, ParamFilter.from_config(pf), identity.get("model_fingerprint")
 
-    _check_out_dir(out_dir, force, [model_path, run_dir])
 
-    recorded = identity.get("model_fingerprint")
+def _check_fingerprint(run: RunDir, model_path: Path, recorded) -> None:
     if recorded:
         found = fingerprint_files(model_files(model_path))
         if found != recorded:
@@ -177,45 +171,29 @@ def export_expert(
         log.warning("%s records no model fingerprint; cannot check that %s is the searched base model",
                     run.manifest_path, model_path)
 
-    candidate = Candidate(index=int(expert["index"]), seed=int(expert["seed"]), sigma=float(expert["sigma"]))
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
-    perturb_module_(model, candidate, param_filter, _ParametersAsLoaded(model, param_filter))
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
 
-    test_acc = None
-    if run.results_path.exists():
-        for e in read_json(run.results_path).get("experts") or []:
-            if int(e.get("rank", -1)) == rank and int(e.get("index", -1)) == candidate.index:
-                test_acc = e.get("test_acc")
-    record = {
-        "format": EXPERT_FORMAT,
-        "created": time.time(),
-        "run_dir": str(run_dir.resolve()),
-        "rank": rank,
-        "index": candidate.index,
-        "seed": candidate.seed,
-        "sigma": candidate.sigma,
-        "noise_spec": noise.NOISE_SPEC,
-        "param_filter": param_filter.to_dict(),
-        "base_model_path": str(model_path.resolve()),
-        "base_model_fingerprint": recorded,
-        "dtype": "float32",
-        "selection_score": expert.get("selection_score"),
-        "selection_acc": expert.get("selection_acc"),
-        "test_acc": test_acc,
-        "topk_entry": expert,
-    }
+def _write_checkpoint(model_path: Path, holder: Candidate | Merged, param_filter: ParamFilter, dtype: torch.dtype,
+                      out_dir: Path, force: bool, record_name: str, record: dict) -> Path:
+    """Base (fp32) + the holder's terms (`population.combined`, via perturb_module_), then one cast to ``dtype``; saved
+    with the tokenizer and the record (written last: its presence marks a complete export)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
+    perturb_module_(model, holder, param_filter, _ParametersAsLoaded(model, param_filter))
+    if dtype != torch.float32:  # one rounding of the fp32 sum, as the bf16 rollouts round it
+        model = model.to(dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
 
     def write(target: Path) -> None:
         model.save_pretrained(target)  # weights, config.json, generation_config.json
         tokenizer.save_pretrained(target)
-        atomic_write_json(target / EXPERT_RECORD, record)  # last: its presence marks a complete export
+        atomic_write_json(target / record_name, record)
 
     if out_dir.exists():  # force, or an empty directory
         for pattern in _WEIGHT_PATTERNS:
             for stale in out_dir.glob(pattern):
                 stale.unlink()
-        (out_dir / EXPERT_RECORD).unlink(missing_ok=True)
+        (out_dir / record_name).unlink(missing_ok=True)
         write(out_dir)
     else:  # build beside it and rename, so an interrupted export never leaves a checkpoint that looks whole
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -230,3 +208,108 @@ def export_expert(
             if tmp.exists():
                 shutil.rmtree(tmp)
     return out_dir
+
+
+def export_expert(
+    run_dir: str | os.PathLike,
+    rank: int,
+    out_dir: str | os.PathLike,
+    *,
+    model_path: str | os.PathLike | None = None,
+    force: bool = False,
+    dtype: str = "fp32",
+) -> Path:
+    """Write the rank-``rank`` expert (1-based, as in topk.json) of the run in ``run_dir`` to ``out_dir``.
+
+    ``model_path`` overrides the base model path recorded in the manifest (a run moved to another machine); the
+    base checkpoint found there must have the fingerprint the search recorded. ``dtype``: fp32 (the weights the fp32
+    rollout scored) or bf16 (the fp32 sum rounded once: what a bf16 rollout scored). Returns ``out_dir``.
+    """
+    torch_dtype = _dtype(dtype)
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run = RunDir(run_dir)
+    manifest, topk = _read_run(run_dir)
+    expert = _expert(topk, rank, run.topk_path)
+    model_path, param_filter, recorded = _base_model(run, manifest, model_path)
+    _check_out_dir(out_dir, force, [model_path, run_dir])
+    _check_fingerprint(run, model_path, recorded)
+
+    candidate = Candidate(index=int(expert["index"]), seed=int(expert["seed"]), sigma=float(expert["sigma"]))
+    test_acc = None
+    if run.results_path.exists():
+        for e in read_json(run.results_path).get("experts") or []:
+            if int(e.get("rank", -1)) == rank and int(e.get("index", -1)) == candidate.index:
+                test_acc = e.get("test_acc")
+    record = {
+        "format": EXPERT_FORMAT,
+        "created": time.time(),
+        "run_dir": str(run_dir.resolve()),
+        "rank": rank,
+        "index": candidate.index,
+        "seed": candidate.seed,
+        "sigma": candidate.sigma,
+        "terms": [list(t) for t in candidate.terms()],
+        "noise_spec": noise.NOISE_SPEC,
+        "param_filter": param_filter.to_dict(),
+        "base_model_path": str(model_path.resolve()),
+        "base_model_fingerprint": recorded,
+        "dtype": str(torch_dtype).replace("torch.", ""),
+        "selection_score": expert.get("selection_score"),
+        "selection_acc": expert.get("selection_acc"),
+        "test_acc": test_acc,
+        "topk_entry": expert,
+    }
+    return _write_checkpoint(model_path, candidate, param_filter, torch_dtype, out_dir, force, EXPERT_RECORD, record)
+
+
+def export_consolidated(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    model_path: str | os.PathLike | None = None,
+    force: bool = False,
+    dtype: str = "fp32",
+    variant: str = "weighted",
+) -> Path:
+    """Write the consolidated model of the run in ``run_dir`` (consolidated.json: the chosen merged model's terms) to
+    ``out_dir``; ``variant="shuffled"`` writes its shuffled control instead. Same checks, precision and layout as
+    `export_expert`, with a randopt_consolidated.json record."""
+    torch_dtype = _dtype(dtype)
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run = RunDir(run_dir)
+    if not run.manifest_path.exists():
+        raise FileNotFoundError(f"{run.manifest_path} not found: {run_dir} is not a RandOpt run directory")
+    rec = run.consolidated()
+    if rec is None or variant not in (rec.get("chosen") or {}):
+        raise FileNotFoundError(
+            f"{run.consolidated_path} has no chosen {variant} model: the run has not been consolidated. Run "
+            f"`randopt-verl consolidate {run_dir}` (or the search with randopt.consolidate.enabled=true) first.")
+    if rec.get("noise_spec") != noise.NOISE_SPEC:
+        raise ValueError(f"{run.consolidated_path} was built with noise spec {rec.get('noise_spec')!r}, the installed "
+                         f"randopt_verl defines {noise.NOISE_SPEC!r}; install the version the run used")
+    model = {m["index"]: m for m in rec["models"]}[rec["chosen"][variant]]
+    holder = Merged(index=int(model["index"]), term_list=tuple((int(a), float(b)) for a, b in model["terms"]))
+    model_path, param_filter, recorded = _base_model(run, read_json(run.manifest_path), model_path)
+    _check_out_dir(out_dir, force, [model_path, run_dir])
+    _check_fingerprint(run, model_path, recorded)
+    results = run.results() or {}
+    record = {
+        "format": CONSOLIDATED_FORMAT,
+        "created": time.time(),
+        "run_dir": str(run_dir.resolve()),
+        "variant": variant,
+        "model_index": holder.index,
+        "scale": model["scale"],
+        "weighting": rec["weighting"],
+        "over": rec["over"],
+        "members": rec["members"],
+        "terms": [list(t) for t in holder.terms()],
+        "noise_spec": noise.NOISE_SPEC,
+        "param_filter": param_filter.to_dict(),
+        "base_model_path": str(model_path.resolve()),
+        "base_model_fingerprint": recorded,
+        "dtype": str(torch_dtype).replace("torch.", ""),
+        "results": results.get("consolidated"),
+    }
+    return _write_checkpoint(model_path, holder, param_filter, torch_dtype, out_dir, force, CONSOLIDATED_RECORD,
+                             record)

@@ -2,8 +2,9 @@
 
 - `density.png`: per sigma, the histogram of candidate selection scores with the base marked (the thicket density:
   how much of the neighbourhood beats the base);
-- `maj_at_k.png`: test accuracy against k for the selected top-k vote, the random-k control (mean +- std) and the
-  base model's self-consistency maj@k, with the base and the best single expert as lines.
+- `maj_at_k.png`: test accuracy against k for the selected top-k vote (with its 95% interval), the random-k control
+  (mean +- std) and the base model's self-consistency maj@k, with the base and the best single expert as lines and,
+  when the run was consolidated, the consolidated model and its shuffled control at k = 1 (one forward pass).
 
     randopt-verl density RUN_DIR        # any CPU
 """
@@ -52,6 +53,9 @@ def draw(run_dir: str | Path) -> list[Path]:
         ks = sorted(int(k) for k in res.get("maj_at_k", {}))
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(ks, [res["maj_at_k"][str(k)] for k in ks], "o-", label="selected top-k vote")
+        ci = res.get("maj_at_k_ci95") or {}
+        if all(str(k) in ci for k in ks) and ks:  # its 95% interval over the test prompts
+            ax.fill_between(ks, [ci[str(k)][0] for k in ks], [ci[str(k)][1] for k in ks], alpha=0.15)
         rk = res.get("random_k", {})
         rks = [k for k in ks if str(k) in rk]
         if rks:
@@ -65,6 +69,13 @@ def draw(run_dir: str | Path) -> list[Path]:
         ax.axhline(res["base"]["test_acc"], color="black", linestyle="--", label="base (greedy)")
         if res.get("experts"):
             ax.axhline(res["experts"][0]["test_acc"], color="tab:red", linestyle="-.", label="best single expert")
+        cons = res.get("consolidated")
+        if cons:  # one model, one forward pass per prompt: a point at k = 1 beside the votes
+            ax.plot([1], [cons["test_acc"]], "D", color="tab:purple", markersize=8,
+                    label=f"consolidated model (scale {cons.get('scale')})")
+            if "shuffled_control_test_acc" in cons:
+                ax.plot([1], [cons["shuffled_control_test_acc"]], "x", color="tab:purple", markersize=8,
+                        label="consolidated, shuffled-reward control")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("k (experts / samples voting)")
         ax.set_ylabel("test accuracy")

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import transfer_queue as tq
+from omegaconf import OmegaConf
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
@@ -63,6 +64,8 @@ class GRPOTrainer(PPOTrainerSync):
             log.warning("%s=%s is replaced by %s (the run directory, where randopt-verl compare reads it)",
                         _FILE_LOGGER_ENV, before, path)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # the resolved config beside the metrics: `randopt-verl compare` groups runs that differ only in their seeds
+        self.run.write_config(OmegaConf.to_container(self.config, resolve=True))
         os.environ[_FILE_LOGGER_ENV] = path
         try:
             return super().fit(agent_loop_manager)

@@ -36,7 +36,7 @@ from verl import DataProto
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
 from randopt_verl import preflight
-from randopt_verl.core.population import Candidate, ParamFilter
+from randopt_verl.core.population import Candidate, Merged, ParamFilter
 from randopt_verl.core.rundir import RunDir, append_jsonl, candidate_row
 from randopt_verl.core.vote import normalise_reward
 from randopt_verl.workers import use_search_worker
@@ -146,9 +146,10 @@ class Evaluation:
     tokens: int
     wall_s: float
 
-    def row(self, index: int, candidate: Optional[Candidate]) -> dict:
-        """The ledger row of this evaluation (base: seed 0, sigma 0)."""
-        seed, sigma = (0, 0.0) if candidate is None else (candidate.seed, candidate.sigma)
+    def row(self, index: int, candidate: Optional[Candidate | Merged]) -> dict:
+        """The ledger row of this evaluation (base and merged models: seed 0, sigma 0; a merged model's terms are in
+        its consolidation record)."""
+        seed, sigma = (candidate.seed, candidate.sigma) if isinstance(candidate, Candidate) else (0, 0.0)
         return candidate_row(index, seed, sigma, self.samples, tokens=self.tokens, wall_s=self.wall_s)
 
     @staticmethod
@@ -256,9 +257,10 @@ class SearchTrainer(PPOTrainer):
             size = -(-len(prompts) // len(self.replicas))
         return prompts.blocks(max(1, size))
 
-    def load_candidates(self, by_replica: dict[int, Optional[Candidate]], *, how: str,
+    def load_candidates(self, by_replica: dict[int, Optional[Candidate | Merged]], *, how: str,
                         param_filter: ParamFilter) -> None:
-        """Make replica r hold by_replica.get(r) (None or missing: the base weights)."""
+        """Make replica r hold by_replica.get(r) (a search `Candidate` or a consolidated `Merged`; None or missing:
+        the base weights)."""
         include, exclude = param_filter.include, param_filter.exclude
         if how == "server":
             # hf servers perturb in place from their pristine copy: no weight transfer
@@ -266,8 +268,7 @@ class SearchTrainer(PPOTrainer):
             for rep in self.replicas:
                 cand = by_replica.get(rep.replica_rank)
                 for server in rep.servers:
-                    refs.append(server.set_candidate.remote(
-                        None if cand is None else cand.seed, 0.0 if cand is None else cand.sigma, include, exclude))
+                    refs.append(server.hold.remote(None if cand is None else cand.to_dict(), include, exclude))
             ray.get(refs)
             return
         # perturb-at-sync: each rank perturbs the FSDP stream for its own replica; verl's sync does the rest

@@ -4,7 +4,8 @@ verl builds everything (`SearchTrainer._setup` is verl's own); `fit` below repla
 population -> chunks of R candidates (R = rollout replicas) -> `evaluate` (replicas load them, greedy generation on
 the selection set, verl's reward loop) -> ledger -> top-K -> test answers of base, experts and control population
 and the base model's self-consistency samples, spread over the replicas the same way -> votes (selected top-k,
-random-k, base self-consistency) -> results.json and plots (rendered by randopt_verl.core.report and
+random-k, base self-consistency) -> optionally one consolidated model and its shuffled control (trainers/consolidate.py)
+-> results.json with intervals and selection diagnostics (core/diagnostics.py) and plots (rendered by randopt_verl.core.report and
 randopt_verl.tools.plots), tracking.
 Every evaluation is on disk (ledger.jsonl, test_ledger.jsonl; names and indices: randopt_verl.core.rundir) before it
 counts; a restarted run skips it.
@@ -18,10 +19,11 @@ from typing import Any, Callable, Mapping, Optional
 from omegaconf import OmegaConf
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 
-from randopt_verl.core import noise, vote
+from randopt_verl.core import diagnostics, noise, vote
 from randopt_verl.core.population import Candidate, ParamFilter, sample_population
 from randopt_verl.core.rundir import (BASE, Ledger, RunDir, base_sample_index, base_sample_number, fingerprint_files,
                                       hash_rows, model_files, verify_rows)
+from randopt_verl.trainers import consolidate
 from randopt_verl.trainers.harness import Cost, PromptSet, Sampling, SearchTrainer, greedy, sampled
 from randopt_verl.console import phase_bar  # tqdm that also feeds the quiet console
 
@@ -37,6 +39,7 @@ class RandOptTrainer(SearchTrainer):
         ro = self.config.randopt
         ks = sorted({int(k) for k in ro.ensemble_ks})
         param_filter = ParamFilter.from_config(OmegaConf.to_container(ro.param_filter, resolve=True))
+        merge = consolidate.settings(ro)  # a bad consolidation setting fails here, before any evaluation
 
         # 1. the selection and test prompts, tokenized as verl's agent loop would
         selection = self.prompts(self.train_dataset, ro.selection_size)
@@ -89,9 +92,17 @@ class RandOptTrainer(SearchTrainer):
                                        seed=int(ro.seed) * SAMPLE_SEED_STRIDE + base_sample_number(i)),
                      self.test_cost, "base samples")
 
-        # 7. votes and controls -> results.json, tracking, plots (the tools render the tables)
+        # 7. one model out of the experts (trainers/consolidate.py), if enabled: merged models scored on the selection
+        #    set, the best scale's model and its shuffled control answer the test set
+        merged = consolidate.run(self, run, rows, ranked, merge, selection, test) if merge.enabled else None
+
+        # 8. votes, controls, intervals, diagnostics -> results.json, tracking, plots (the tools render the tables)
         results = self._results(rows, ranked, base_row, run.test_ledger.read().by_index, ks,
                                 population[:n_control], n_samples)
+        diagnostics.annotate(results, run.test_ledger.read().by_index, run.ledger.read().by_index,
+                             [c.index for c in population[:n_control]],
+                             consolidate.results_block(merged) if merged else None,
+                             merged["test_rows"] if merged else None)
         run.write_results(results)
         self.log(_flat_metrics(results))
         print(f"randopt: results in {run.results_path}; tables and plots: randopt-verl density {run.path}")
@@ -189,6 +200,14 @@ def _flat_metrics(results: dict[str, Any]) -> dict[str, float]:
         m[f"randopt/test/random@{k}/mean"] = v["mean"]
     for k, v in results.get("base_maj_at_k", {}).items():
         m[f"randopt/test/base_maj@{k}"] = v
+    if "consolidated" in results:
+        c = results["consolidated"]
+        m["randopt/test/consolidated_acc"] = c["test_acc"]
+        if "shuffled_control_test_acc" in c:
+            m["randopt/test/consolidated_shuffled_control_acc"] = c["shuffled_control_test_acc"]
+    rho = results.get("diagnostics", {}).get("selection_test_spearman")
+    if rho is not None:
+        m["randopt/diagnostics/selection_test_spearman"] = rho
     for key, v in results["test_cost"].items():
         m[f"test_cost/{key}"] = v
     return m

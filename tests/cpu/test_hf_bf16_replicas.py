@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from randopt_verl.core import noise
-from randopt_verl.core.population import Candidate, tied_aliases
+from randopt_verl.core.population import Candidate, ParamFilter, tied_aliases
 from randopt_verl.core.rundir import Ledger
 
 pytestmark = pytest.mark.slow
@@ -72,11 +72,11 @@ def test_bf16_replicas(n_ranks, tiny_model, toy_data, tmp_path_factory, monkeypa
                     for n, w in base.items()}
             for how in ("sync", "server"):  # perturb-at-sync through verl's stream, then in place
                 # the base through verl's sync first: a synced candidate becomes the server's pristine weights
-                trainer.load_candidates({}, how="sync", param_filter={})
-                trainer.load_candidates({0: cand}, how=how, param_filter={})
+                trainer.load_candidates({}, how="sync", param_filter=ParamFilter())
+                trainer.load_candidates({0: cand}, how=how, param_filter=ParamFilter())
                 got = ray.get(server.get_weights.remote())
                 assert all(torch.equal(got[n], want[n]) for n in got), how
-            trainer.load_candidates({}, how="sync", param_filter={})
+            trainer.load_candidates({}, how="sync", param_filter=ParamFilter())
         trainer.fit(None)
         stats = ray.get(trainer.replicas[0].server_handle.stats.remote())
         assert stats["dtype"] == "torch.bfloat16" and stats["prefix_encoded"] > 0

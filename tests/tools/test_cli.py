@@ -47,7 +47,7 @@ def es_run(root: Path) -> Path:
 
 
 def test_registry_has_the_commands():
-    assert list(COMMANDS) == ["doctor", "demo", "export", "density", "compare"]
+    assert list(COMMANDS) == ["doctor", "demo", "export", "consolidate", "density", "compare"]
 
 
 def test_density(tmp_path, capsys):
@@ -156,3 +156,27 @@ def test_demo_summary_is_the_report_table_once(tmp_path):
     assert text.count("selected top-k vote") == 1 and text.count("| cost ") == 1
     assert [line for line in text.splitlines() if line.startswith("plot: ")] == [
         f"plot: {run / 'density.png'}", f"plot: {run / 'maj_at_k.png'}"]
+
+
+def test_consolidate_config_is_the_runs_own_with_consolidation_on(tmp_path, capsys):
+    from randopt_verl.tools.consolidate import consolidation_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"trainer": {"v1": {"trainer_mode": "randopt"}}, "randopt": {"seed": 3, "run_dir": "/elsewhere"}}
+    (run / "manifest.json").write_text(json.dumps({"config": config}))
+    with pytest.raises(FileNotFoundError, match="has not finished"):
+        consolidation_config(run)
+    (run / "topk.json").write_text(json.dumps({"k": 1, "experts": []}))
+    cfg = consolidation_config(run, ["randopt.consolidate.over=population", "randopt.consolidate.scales=[1,4]"])
+    assert cfg.randopt.consolidate.enabled is True and cfg.randopt.consolidate.over == "population"
+    assert list(cfg.randopt.consolidate.scales) == [1, 4] and cfg.randopt.seed == 3
+    assert cfg.randopt.run_dir == str(run.resolve())  # wherever the run directory lives now
+    with pytest.raises(ValueError, match="only randopt.consolidate"):
+        consolidation_config(run, ["randopt.seed=4"])
+    with pytest.raises(ValueError, match="scales"):
+        consolidation_config(run, ["randopt.consolidate.scales=[0]"])
+    # through the command line: one line, status 2, before anything starts
+    with pytest.raises(SystemExit) as exit_:
+        main(["consolidate", str(run), "randopt.consolidate.weighting=softmax"])
+    assert exit_.value.code == 2 and "weighting" in capsys.readouterr().err

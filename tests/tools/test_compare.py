@@ -133,3 +133,50 @@ def test_jsonl_file_directly(tmp_path):
     run = grpo_run(tmp_path / "g")
     r = load_run(run / "metrics.jsonl")
     assert r["method"] == "grpo" and r["name"] == "metrics"
+
+
+def _seeded(root: Path, seed: int, acc: float, *, top_k: int = 4, method_file: str = "manifest") -> Path:
+    """A finished RandOpt run whose manifest config differs from its siblings' in the seed (and its own names)."""
+    randopt_run(root)
+    res = json.loads((root / "results.json").read_text())
+    res["maj_at_k"] = {"8": acc}
+    (root / "results.json").write_text(json.dumps(res))
+    config = {"randopt": {"seed": seed, "top_k": top_k, "run_dir": str(root)},
+              "actor_rollout_ref": {"rollout": {"seed": 42}},
+              "trainer": {"default_local_dir": str(root), "experiment_name": root.name, "logger": ["console"]}}
+    (root / "manifest.json").write_text(json.dumps({"config": config}))
+    return root
+
+
+def test_runs_that_differ_only_in_their_seed_are_grouped(tmp_path):
+    from randopt_verl.tools.compare import group_by_seed
+
+    runs = [load_run(_seeded(tmp_path / f"s{s}", s, acc)) for s, acc in [(0, 0.5), (1, 0.6), (2, 0.7)]]
+    runs.append(load_run(_seeded(tmp_path / "other", 0, 0.9, top_k=8)))  # another setting: its own group
+    groups = group_by_seed(runs)
+    assert [g["n"] for g in groups] == [3, 1]
+    g = groups[0]
+    assert g["runs"] == ["s0", "s1", "s2"] and g["seeds"] == [{"randopt.seed": s} for s in (0, 1, 2)]
+    assert g["accuracy"]["mean"] == pytest.approx(0.6) and g["accuracy"]["sd"] == pytest.approx(0.1)
+    assert g["accuracy"]["n"] == 3 and g["rollouts"]["sd"] == 0.0
+    text = report(runs)
+    assert "60.0% ± 10.0% (n=3)" in text and "randopt.seed=0; randopt.seed=1; randopt.seed=2" in text
+    assert str(plot(runs, tmp_path / "c.png")).endswith("c.png")
+
+
+def test_grpo_config_json_and_runs_without_config(tmp_path):
+    from randopt_verl.core.rundir import RunDir
+    from randopt_verl.tools.compare import group_by_seed
+
+    rows = [{"step": 0, "data": {"val-core/x/acc/mean@1": 0.1}},
+            {"step": 1, "data": {**cost(10, 100, 1.0), "actor/loss": 0.5, "val-core/x/acc/mean@1": 0.3}}]
+    dirs = []
+    for seed in (1, 2):
+        d = jsonl(tmp_path / f"g{seed}", rows)
+        RunDir(d).write_config({"data": {"seed": seed}, "actor_rollout_ref": {"actor": {"data_loader_seed": seed}},
+                                "trainer": {"default_local_dir": str(d)}})
+        dirs.append(d)
+    bare = jsonl(tmp_path / "bare", rows)  # no config: never grouped with anything
+    groups = group_by_seed([load_run(d) for d in dirs + [bare]])
+    assert [g["n"] for g in groups] == [2, 1]
+    assert groups[0]["seeds"][0] == {"actor_rollout_ref.actor.data_loader_seed": 1, "data.seed": 1}

@@ -1,75 +1,29 @@
-"""randopt-verl demo: the paired comparison it prints from the ledgers, and (slow) the whole demo's console on the
+"""randopt-verl demo: its presets' data, the table it prints, and (slow) the whole demo's console on the
 tiny model: few lines, verl's output in the run's console.log, an error with its fix and the log's path."""
 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from randopt_verl.core import stats, vote
-from randopt_verl.core.rundir import BASE, Ledger, candidate_row
 from randopt_verl.tools import demo
 
-N_PROMPTS = 40
-
-
-def _answers(member: int) -> list[dict]:
-    """Member m answers prompt p correctly on a fixed pattern; wrong answers differ between members."""
-    out = []
-    for p in range(N_PROMPTS):
-        right = (p * (member + 3)) % 5 < (3 if member in (2, 3) else 1)
-        out.append({"score": float(right), "acc": float(right), "pred": "ok" if right else f"w{member}.{p % 3}",
-                    "error": None})
-    return out
-
-
-def _run(tmp_path: Path) -> tuple[Path, dict, dict]:
+def test_summary_renders_the_paired_comparison_of_the_votes(tmp_path):
+    """The demo prints the trainer's results table (core.report), whose paired block compares the selected top-k
+    vote with the random-k vote on the same test prompts."""
     run = tmp_path / "run"
     run.mkdir()
-    with Ledger(run / "test_ledger.jsonl") as ledger:
-        for m in [BASE, *range(6)]:
-            ledger.append(candidate_row(m, 100 + m, 0.002, _answers(m), tokens=1, wall_s=0.1))
-    rows = Ledger(run / "test_ledger.jsonl").read().by_index
-    table = {m: list(zip(r["preds"], r["accs"])) for m, r in rows.items()}
-    ranked = [2, 3, 0, 1]
-    results = {"experts": [{"index": i} for i in ranked],
-               "random_k": {str(k): vote.random_k(table, list(range(6)), k, 30, seed=7) for k in (1, 2, 4)}}
-    return run, results, rows
-
-
-def test_paired_votes_uses_random_ks_own_draws(tmp_path):
-    _, results, rows = _run(tmp_path)
-    text = demo.paired_votes(results, rows)
-    table = {m: list(zip(r["preds"], r["accs"])) for m, r in rows.items()}
-    lines = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:5]]
-             for line in text.splitlines() if re.match(r"\| \d", line)}
-    assert sorted(lines) == ["1", "2", "4"]
-    for k in (1, 2, 4):
-        top = [o.acc for o in vote.ensemble_outcomes(table, [2, 3, 0, 1][:k])]
-        lo, hi = stats.accuracy_ci(top)
-        assert lines[str(k)][0] == f"{100 * sum(top) / len(top):.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
-        # the random-k column's point estimate is random_k's mean: the same draws, prompt by prompt
-        assert lines[str(k)][1].startswith(f"{100 * results['random_k'][str(k)]['mean']:.1f}%")
-        diff = 100 * (sum(top) / len(top) - results["random_k"][str(k)]["mean"])
-        m = re.match(r"([+-]\d+\.\d) pts \[([+-]\d+\.\d), ([+-]\d+\.\d)\]", lines[str(k)][2])
-        assert m and abs(float(m.group(1)) - diff) < 0.051 and float(m.group(2)) <= float(m.group(1)) <= float(m.group(3))
-    assert f"over the {N_PROMPTS} test prompts" in text
-
-
-def test_summary_renders_the_trainers_intervals_when_results_has_them(tmp_path):
-    run, results, rows = _run(tmp_path)
-    base = {"test_acc": 0.2, "ci95": [0.1, 0.35], "selection_score": 0.2}
-    plain = dict(results, base=base, maj_at_k={"1": 0.6}, n_test=N_PROMPTS)
-    (run / "results.json").write_text(json.dumps(plain))
-    assert "top-k − random-k, paired" in demo.summary(run)  # no "paired" block: the demo computes the comparison
-    paired = dict(plain, paired={"maj_at_k_vs_random_k": {"1": {"diff": 0.1, "ci95": [0.0, 0.2], "n": 40}}})
-    (run / "results.json").write_text(json.dumps(paired))
-    assert "top-k − random-k, paired" not in demo.summary(run)  # the trainer's block is the one rendered
+    results = {"base": {"test_acc": 0.2, "ci95": [0.1, 0.35]}, "maj_at_k": {"1": 0.3}, "n_test": 40,
+               "paired": {"maj_at_k_vs_random_k": {"1": {"diff": 0.05, "ci95": [0.034, 0.07], "n": 40,
+                                                         "n_boot": 2000}}}}
+    (run / "results.json").write_text(json.dumps(results))
+    text = demo.summary(run)
+    assert "| selected top-1 vote − random-1 vote (mean over draws) | +5.0 pts [+3.4, +7.0]" in text
+    assert "20.0% [10.0, 35.0]" in text and text.count("| cost ") == 1
 
 
 def test_presets_have_distinct_data_of_their_size(tmp_path):

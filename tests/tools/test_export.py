@@ -149,3 +149,90 @@ def test_force_replaces_weights_and_keeps_other_files(run, exported, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
     assert not (out / "model-00001-of-00002.safetensors").exists()
     assert json.loads((out / EXPERT_RECORD).read_text())["rank"] == 2
+
+
+# -- the consolidated model ------------------------------------------------------------------------------------------
+
+
+def consolidated_run(root: Path, model: str) -> tuple[Path, dict]:
+    """A run directory with a consolidation record as randopt_verl.trainers.consolidate writes it."""
+    from randopt_verl.core.rundir import RunDir
+    from randopt_verl.trainers import consolidate
+
+    fake_run(root, model)
+    rows = [dict(e, score=e["selection_score"]) for e in EXPERTS] + [
+        {"index": 9, "seed": 55, "sigma": 0.01, "score": 0.1}]
+    record = consolidate.plan(rows, rows, consolidate.Settings(enabled=True, scales=(1.0, 3.0)), population_seed=0)
+    record["chosen"] = {"weighted": 1, "shuffled": 2}  # scale 3.0 of the weighted models; 1.0 of the control
+    RunDir(root).write_consolidated(record)
+    return root, record
+
+
+@pytest.fixture(scope="module")
+def merged_run(tiny_model, tmp_path_factory):
+    return consolidated_run(tmp_path_factory.mktemp("export_merged") / "run", tiny_model)
+
+
+@pytest.fixture(scope="module")
+def merged_engine(tiny_model, merged_run):
+    from randopt_verl.trainers.consolidate import merged
+
+    _, record = merged_run
+    e = HFEngine(tiny_model, max_response_length=MAX_TOKENS, max_batch_size=8, threads=1)
+    e.hold(merged(record["models"][1]), ParamFilter(None, EXCLUDE))
+    return e
+
+
+def test_consolidated_checkpoint_equals_the_engines_weights_and_greedy_outputs(merged_run, merged_engine, tiny_model,
+                                                                                tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from randopt_verl.tools.export import CONSOLIDATED_RECORD, export_consolidated
+
+    run, record = merged_run
+    out = export_consolidated(run, tmp_path / "merged")
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    want = merged_engine.named_weights()
+    got = {n: p.detach() for n, p in model.named_parameters()}
+    assert set(got) == set(want) and all(torch.equal(got[n], want[n]) for n in want)
+    base = {n: p.detach() for n, p in AutoModelForCausalLM.from_pretrained(tiny_model).named_parameters()}
+    assert not torch.equal(got["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+    assert torch.equal(got["model.norm.weight"], base["model.norm.weight"])  # the run's filter applies
+
+    tok = AutoTokenizer.from_pretrained(out)
+    prompts = [tok.apply_chat_template([{"role": "user", "content": f"What is {a} + {b}?"}], add_generation_prompt=True,
+                                       tokenize=True, return_dict=False) for a, b in [(3, 4), (20, 22)]]
+    engine_out = [g.token_ids for g in merged_engine.generate_batch(prompts, GREEDY)]
+    eos = model.generation_config.eos_token_id
+    for p, want_ids in zip(prompts, engine_out):
+        with torch.no_grad():
+            ids = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                 max_new_tokens=MAX_TOKENS, do_sample=False)[0, len(p):].tolist()
+        assert (ids[: ids.index(eos) + 1] if eos in ids else ids) == want_ids
+
+    rec = json.loads((out / CONSOLIDATED_RECORD).read_text())
+    assert rec["terms"] == record["models"][1]["terms"] and rec["scale"] == 3.0 and rec["variant"] == "weighted"
+    assert len(rec["terms"]) == 3 and rec["members"] == record["members"]
+
+    # bf16: the fp32 weights rounded once, which is what a bf16 hf engine holds for the same merged model
+    from randopt_verl.trainers.consolidate import merged
+
+    out16 = export_consolidated(run, tmp_path / "merged16", dtype="bf16")
+    m16 = AutoModelForCausalLM.from_pretrained(out16, dtype=torch.bfloat16)
+    e16 = HFEngine(tiny_model, dtype=torch.bfloat16, max_response_length=MAX_TOKENS, max_batch_size=8, threads=1)
+    e16.hold(merged(record["models"][1]), ParamFilter(None, EXCLUDE))
+    want16 = e16.named_weights()
+    for n, p in m16.named_parameters():
+        assert p.dtype == torch.bfloat16 and torch.equal(p.detach(), want[n].to(torch.bfloat16)), n
+        assert torch.equal(p.detach(), want16[n]), n
+    ctl = export_consolidated(run, tmp_path / "control", variant="shuffled")
+    assert json.loads((ctl / CONSOLIDATED_RECORD).read_text())["terms"] == record["models"][2]["terms"]
+
+
+def test_consolidated_refusals(run, tmp_path):
+    from randopt_verl.tools.export import export_consolidated
+
+    with pytest.raises(FileNotFoundError, match="randopt-verl consolidate"):
+        export_consolidated(run, tmp_path / "x")
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        export_expert(run, 1, tmp_path / "y", dtype="int8")

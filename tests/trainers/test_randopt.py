@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from randopt_verl.core import noise
-from randopt_verl.core.population import Candidate, ParamFilter, tied_aliases
+from randopt_verl.core.population import Candidate, Merged, ParamFilter, combined, tied_aliases
 from randopt_verl.core.rundir import Ledger, ManifestMismatch, RunDir, TestSetChanged, read_json
 from randopt_verl.inprocess import compose, trainer_session
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 SEARCH = [
     "trainer=randopt",
     "randopt.population_size=5",
-    "randopt.sigmas=[0.02,0.05]",
+    "randopt.sigmas=[0.05,0.1]",  # large enough to change the tiny model's answers (and so its scores)
     "randopt.top_k=2",
     "randopt.ensemble_ks=[1,2]",
     "randopt.selection_size=8",
@@ -40,6 +40,15 @@ SEARCH = [
 ]
 
 
+VARIED_REWARD = str(Path(__file__).resolve().parents[1] / "fixtures" / "varied_reward.py")
+
+
+def _args(common, run_dir: Path, n_ranks: int) -> list[str]:
+    """The shared overrides with a reward whose scores differ between candidates (a consolidation weights them)."""
+    return [f"reward.custom_reward_function.path={VARIED_REWARD}" if a.startswith("reward.custom_reward_function.path=")
+            else a for a in common(run_dir, n_ranks=n_ranks)]
+
+
 def _ledger(path: Path) -> dict[int, tuple]:
     rows = Ledger(path).read()
     assert not rows.duplicates, "a row was written twice"
@@ -48,6 +57,12 @@ def _ledger(path: Path) -> dict[int, tuple]:
 
 def _topk(run_dir: Path) -> list:
     return [(e["index"], e["selection_score"]) for e in read_json(run_dir / "topk.json")["experts"]]
+
+
+# the consolidation phase (trainers/consolidate.py): the 2-replica run has it on from the start; the 1-replica run
+# finishes without it and then reruns fit with it on (what `randopt-verl consolidate RUN_DIR` does)
+CONSOLIDATE = ["randopt.consolidate.enabled=true", "randopt.consolidate.over=population",
+               "randopt.consolidate.scales=[1.0,3.0]"]
 
 
 def _weights(server) -> dict:
@@ -61,7 +76,7 @@ def searches(common, tmp_path_factory) -> dict:
     """The same search on 2 replicas (with the weight-path checks) and on 1 replica."""
     out: dict = {}
     run_dir = tmp_path_factory.mktemp("ro_r2")
-    with trainer_session(compose(SEARCH + common(run_dir, n_ranks=2))) as trainer:
+    with trainer_session(compose(SEARCH + CONSOLIDATE + _args(common, run_dir, 2))) as trainer:
         base = trainer.actor_rollout_wg.named_weights()[0]
         servers = [rep.server_handle for rep in trainer.replicas]
         cand, everything = Candidate(index=0, seed=1234, sigma=0.05), ParamFilter()
@@ -74,13 +89,26 @@ def searches(common, tmp_path_factory) -> dict:
         server_path = _weights(servers[0])
         trainer.load_candidates({}, how="server", param_filter=everything)
         restored = _weights(servers[0])
+        # a merged model (several terms) by both paths: replica 1 through the FSDP stream, replica 0 in place
+        merged = Merged(index=0, term_list=((1234, 0.03), (77, -0.02)))
+        trainer.load_candidates({1: merged}, how="sync", param_filter=everything)
+        merged_sync = _weights(servers[1])
+        trainer.load_candidates({0: merged}, how="server", param_filter=everything)
+        merged_server = _weights(servers[0])
+        trainer.load_candidates({}, how="sync", param_filter=everything)
         trainer.fit(None)
         after = trainer.actor_rollout_wg.named_weights()[0]
         out["r2"] = dict(run_dir=run_dir, n_servers=len(servers), cand=cand, base=base, sync=sync,
-                         server_path=server_path, restored=restored, after=after)
+                         server_path=server_path, restored=restored, after=after, merged=merged,
+                         merged_sync=merged_sync, merged_server=merged_server)
 
     run_dir = tmp_path_factory.mktemp("ro_r1")
-    with trainer_session(compose(SEARCH + common(run_dir, n_ranks=1) + ["randopt.plots=false"])) as trainer:
+    with trainer_session(compose(SEARCH + _args(common, run_dir, 1) + ["randopt.plots=false"])) as trainer:
+        trainer.fit(None)
+        out["r1_before"] = read_json(run_dir / "results.json")
+        # the finished search again with the consolidation on: nothing of the search is scored again
+        OmegaConf.update(trainer.config, "randopt.consolidate",
+                         {"enabled": True, "over": "population", "scales": [1.0, 3.0]}, merge=True)
         trainer.fit(None)
         # the same run directory with 5 instead of 6 test prompts: the stored test answers must not be reused
         selection = trainer.prompts(trainer.train_dataset, 8)
@@ -110,6 +138,59 @@ def test_weights_reach_the_replicas_exactly(searches):
         assert torch.equal(r2["server_path"][name], r2["sync"][0][name]), name  # in place == perturb-at-sync
         assert torch.equal(r2["restored"][name], w.to(dtype)), name  # and the restore is exact
         assert torch.equal(r2["after"][name], w), f"the search modified the actor's weight {name}"
+
+
+def test_a_merged_model_reaches_the_replicas_exactly(searches):
+    r2 = searches["r2"]
+    aliases = tied_aliases(list(r2["base"].items()))
+    for name, w in r2["base"].items():
+        # formed in fp32 from the fp32 base and rounded once to the rollout's dtype
+        want = combined(w, r2["merged"].terms(), aliases.get(name, name)).to(r2["merged_sync"][name].dtype)
+        assert torch.equal(r2["merged_sync"][name], want), name  # perturb-at-sync (the vLLM path)
+        assert torch.equal(r2["merged_server"][name], want), name  # the hf server in place
+
+
+def test_consolidation_phase(searches):
+    from randopt_verl.core import stats
+    from randopt_verl.trainers import consolidate
+
+    run_dir = searches["r2"]["run_dir"]
+    res, rec = read_json(run_dir / "results.json"), read_json(run_dir / "consolidated.json")
+    rows = Ledger(run_dir / "ledger.jsonl").read().by_index
+    # the plan from the ledger: every candidate (over=population), unit z-score weights, c_i = s * w_i * sigma_i
+    members = sorted((r for i, r in rows.items() if i >= 0), key=lambda r: (-r["score"], r["index"]))
+    assert [m["index"] for m in rec["members"]] == [m["index"] for m in members]
+    w = consolidate.weights([m["score"] for m in members])
+    chosen = {m["index"]: m for m in rec["models"]}[rec["chosen"]["weighted"]]
+    assert chosen["terms"] == [[m["seed"], chosen["scale"] * wi * m["sigma"]] for m, wi in zip(members, w) if wi]
+    # the scale was chosen on the selection set: the best selection score among the weighted models
+    sel = Ledger(run_dir / "consolidation_ledger.jsonl").read().by_index
+    assert sorted(sel) == [0, 1, 2, 3] and all(r["n"] == 8 for r in sel.values())
+    weighted = [m for m in rec["models"] if m["variant"] == "weighted"]
+    assert sel[chosen["index"]]["score"] == max(sel[m["index"]]["score"] for m in weighted)
+    test = Ledger(run_dir / "consolidation_test_ledger.jsonl").read().by_index
+    assert set(test) == {rec["chosen"]["weighted"], rec["chosen"]["shuffled"]}
+    c = res["consolidated"]
+    row = test[rec["chosen"]["weighted"]]
+    assert (c["test_acc"], c["scale"], c["weighting"]) == (row["acc"], chosen["scale"], "zscore")
+    assert c["ci95"] == list(stats.accuracy_ci(row["accs"]))
+    assert c["test_cost"]["rollouts"] == 6 and c["forward_passes_per_prompt"] == 1  # one answer per test prompt
+    assert c["shuffled_control_test_acc"] == test[rec["chosen"]["shuffled"]]["acc"]
+    # intervals, paired differences and diagnostics came with it
+    assert res["base"]["ci95"] and all(e["ci95"] for e in res["experts"]) and set(res["maj_at_k_ci95"]) == {"1", "2"}
+    assert {"maj_at_k_vs_random_k", "maj_at_k_vs_base", "consolidated_vs_shuffled_control",
+            "consolidated_vs_base"} <= set(res["paired"])
+    assert res["diagnostics"]["n_tested"] >= 2 and "selection_test_spearman" in res["diagnostics"]
+    assert any(rec["weights"]) and len(chosen["terms"]) >= 2  # the scores differed: a real merge was scored
+
+
+def test_consolidating_a_finished_run_afterwards_gives_the_same_model(searches):
+    before, r1 = searches["r1_before"], searches["r1"]["run_dir"]
+    after, r2 = read_json(r1 / "results.json"), read_json(searches["r2"]["run_dir"] / "results.json")
+    assert "consolidated" not in before and before["cost"] == after["cost"]  # nothing of the search ran again
+    assert read_json(r1 / "consolidated.json") == read_json(searches["r2"]["run_dir"] / "consolidated.json")
+    strip = lambda c: {k: v for k, v in c.items() if "cost" not in k}  # noqa: E731
+    assert strip(after["consolidated"]) == strip(r2["consolidated"])  # and 1 replica == 2 replicas
 
 
 def test_search_writes_its_run_directory(searches):
@@ -169,7 +250,7 @@ def _gone(pgid: int, timeout: float = 60.0) -> bool:
 def test_sigkill_then_resume_with_verls_entry_point(common, tmp_path_factory, searches):
     run_dir = tmp_path_factory.mktemp("ro_kill")
     # 12 candidates (the first 5 are the other runs' 5: sampling is prefix-stable), killed after 2 are on disk
-    args = SEARCH + common(run_dir, n_ranks=1) + ["randopt.plots=false", "randopt.population_size=12"]
+    args = SEARCH + _args(common, run_dir, 1) + ["randopt.plots=false", "randopt.population_size=12"]
     # RAY_ADDRESS=local: a Ray cluster private to this run, never another one on the machine
     env = dict(os.environ, RANDOPT_VERL_ROLLOUT_THREADS="1", RAY_ADDRESS="local")
     ledger = run_dir / "ledger.jsonl"
