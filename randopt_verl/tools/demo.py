@@ -30,12 +30,15 @@ from randopt_verl.core.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The presets. "evidence" has the statistical power issue 13 asks for: 48 candidates, 128 selection prompts (so a
-# candidate's selection score moves in steps of 0.8 points), 400 test prompts (a standard error of about 1.6 points
-# at 11%; the paired comparison of two votes on the same prompts is tighter still). "quick" is the largest preset
-# measured to finish within about 6 minutes on 2 loaded cores with the model cached; its intervals are wide.
+# The presets. "evidence" (default) has the statistical power issue 13 asks for: 48 candidates, 128 selection prompts
+# (a candidate's selection score moves in steps of 0.8 points), 400 test prompts (a standard error of about 1.7 points
+# at 13%; the paired comparison of two votes on the same prompts is tighter still). Measured on 2 shared cores (load
+# 1.6-2.1), model cached, bf16 hf engine, before the consolidation phase was added: 908 s end to end (search 7m08s,
+# test answers 6m21s, start-up and results ~100 s); 6 minutes would need about 3x the prompt throughput of 2 cores.
+# "quick" is the largest measured to fit about 6 minutes on the same machine: 350 s (load 2.0-2.6), intervals about
+# twice as wide. The consolidation phase adds four merged models on the selection set and two test passes to both.
 # Both drop the base model's self-consistency samples (max(k) sampled test passes) for time: the random-k vote is
-# the control that separates selection from voting. Measured figures are in README.md.
+# the control that separates selection from voting.
 PRESETS = {
     "evidence": {
         "population_size": 48,
