@@ -8,6 +8,8 @@ The same config composes under verl's entry point: `python -m verl.trainer.main_
 Before Ray starts, the config goes through `randopt_verl.preflight.prepare` (the checks `randopt-verl doctor`
 prints, minus the machine probes). A config mistake prints one line, `randopt_verl: config error: <what and the
 fix>`, and exits with status 2 (no traceback); so does a key that does not exist, naming the closest one.
+`console.quiet=true` sends Ray's and verl's output to `<run dir>/console.log` and shows one progress line per phase
+(randopt_verl/console.py); an error then prints its message and the log's path and exits with status 1.
 """
 
 from __future__ import annotations
@@ -43,7 +45,23 @@ def run(config: DictConfig) -> None:
         preflight.prepare(config)
     except ConfigError as exc:
         raise _config_error(exc) from None
-    run_ppo(config, task_runner_class=TaskRunnerV1)
+    if not config.console.quiet:
+        run_ppo(config, task_runner_class=TaskRunnerV1)
+        return
+    from randopt_verl.console import Quiet
+
+    try:
+        with Quiet(run_dir(config)):
+            run_ppo(config, task_runner_class=TaskRunnerV1)
+    except Exception:
+        # Quiet printed the error's message and the log's path (the traceback is in the log): no second traceback
+        raise SystemExit(1) from None
+
+
+def run_dir(config: DictConfig) -> str:
+    """Where a run writes: the method's run_dir (randopt, es) or verl's trainer.default_local_dir (grpo)."""
+    node = config.get(str(config.trainer.v1.trainer_mode))
+    return str(node.run_dir) if node is not None and node.get("run_dir") else str(config.trainer.default_local_dir)
 
 
 def main() -> None:

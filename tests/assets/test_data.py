@@ -289,3 +289,20 @@ def test_cli_convert_dataset(tmp_path, capsys):
     assert "reward_fns/gsm8k.py" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["gsm8k", "--out-dir", str(tmp_path / "o3")])
+
+
+def test_countdown_lite_distinct():
+    """distinct=True: no prompt twice (so the demo's selection and test splits share none), same seed same rows,
+    and a request beyond the distinct problems fails before drawing."""
+    rows = D.generate_countdown_lite(900, seed=0, distinct=True)
+    prompts = [r["prompt"][0]["content"] for r in rows]
+    assert len(set(prompts)) == len(prompts) == 900
+    assert rows == D.generate_countdown_lite(900, seed=0, distinct=True)
+    for row in rows:
+        gt = gt_of(row)
+        out = cd.compute_score(row["data_source"], row["extra_info"]["solution"], row["reward_model"]["ground_truth"])
+        assert out["acc"] == 1.0 and gt["target"] >= 0
+    repeats = [r["prompt"][0]["content"] for r in D.generate_countdown_lite(900, seed=0)]
+    assert len(set(repeats)) < 900  # the default draws independently: what distinct=True exists to prevent
+    with pytest.raises(ValueError, match="distinct countdown-lite problems"):
+        D.generate_countdown_lite(10, low=1, high=2, ops="+", distinct=True)

@@ -133,12 +133,15 @@ def test_demo_command_line_is_the_randopt_harness(tmp_path):
     from randopt_verl.assets.tiny_model import build_tiny_model
 
     model = build_tiny_model(tmp_path / "tiny")
-    files = demo.write_data(tmp_path)
-    args = demo.overrides(str(model), files, tmp_path / "run", demo.DEMO)
+    preset = dict(demo.COMMON, **demo.PRESETS[demo.DEFAULT_PRESET])
+    files = demo.write_data(tmp_path, preset["selection_size"], preset["test_size"])
+    args = demo.overrides(str(model), files, tmp_path / "run", preset)
     assert args[:2] == ["trainer=randopt", "hardware=cpu"]
     config = compose(args)
     assert config.trainer.v1.trainer_mode == "randopt"
-    assert config.randopt.population_size == demo.DEMO["population_size"]
+    assert config.randopt.population_size == preset["population_size"] >= 48
+    assert (config.randopt.selection_size, config.randopt.test_size) == (128, 400)
+    assert config.console.quiet is True
     assert config.actor_rollout_ref.rollout.name == "hf"
 
 

@@ -1,0 +1,67 @@
+"""randopt-verl demo: its presets' data, the table it prints, and (slow) the whole demo's console on the
+tiny model: few lines, verl's output in the run's console.log, an error with its fix and the log's path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from randopt_verl.tools import demo
+
+def test_summary_renders_the_paired_comparison_of_the_votes(tmp_path):
+    """The demo prints the trainer's results table (core.report), whose paired block compares the selected top-k
+    vote with the random-k vote on the same test prompts."""
+    run = tmp_path / "run"
+    run.mkdir()
+    results = {"base": {"test_acc": 0.2, "ci95": [0.1, 0.35]}, "maj_at_k": {"1": 0.3}, "n_test": 40,
+               "paired": {"maj_at_k_vs_random_k": {"1": {"diff": 0.05, "ci95": [0.034, 0.07], "n": 40,
+                                                         "n_boot": 2000}}}}
+    (run / "results.json").write_text(json.dumps(results))
+    text = demo.summary(run)
+    assert "| selected top-1 vote − random-1 vote (mean over draws) | +5.0 pts [+3.4, +7.0]" in text
+    assert "20.0% [10.0, 35.0]" in text and text.count("| cost ") == 1
+
+
+def test_presets_have_distinct_data_of_their_size(tmp_path):
+    evidence = demo.PRESETS["evidence"]
+    assert evidence["population_size"] >= 48 and evidence["selection_size"] >= 128 and evidence["test_size"] >= 400
+    files = demo.write_data(tmp_path, evidence["selection_size"], evidence["test_size"])
+    import pandas as pd
+
+    sel, test = (pd.read_parquet(files[s]) for s in ("train", "test"))
+    prompts = [row[0]["content"] for row in list(sel["prompt"]) + list(test["prompt"])]
+    assert (len(sel), len(test)) == (128, 400) and len(set(prompts)) == 528
+
+
+@pytest.mark.slow
+def test_demo_console_is_short_and_the_log_has_verls_lines(tmp_path, tiny_model):
+    """The demo on the tiny model (quick preset, 4 candidates): at most 150 console lines, the table once, Ray's
+    and verl's output in console.log; then main in quiet mode on the same run directory with another search: the
+    error (with its fix) and the log's path reach the console."""
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "randopt_verl.tools.cli", "demo", "--out", str(out), "--model",
+                           tiny_model, "--preset", "quick", "--population", "4"],
+                          capture_output=True, text=True, timeout=900)
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == 0, console[-3000:]
+    lines = console.splitlines()
+    assert len(lines) <= 150, console
+    assert console.count("| cost ") == 1 and "randopt candidates: 4/4 in " in console
+    log = (out / "run_quick" / "console.log").read_text()
+    assert "ray init kwargs" in log and "(TaskRunner" in log and "randopt: run directory" in log
+    assert "(TaskRunner" not in console and "ray init kwargs" not in console
+    print(console)  # shown with pytest -rP
+
+    args = demo.overrides(tiny_model, demo.write_data(out, 48, 160), out / "run_quick",
+                          {**demo.COMMON, **demo.PRESETS["quick"], "population_size": 4,
+                           "control_population": 4, "seed": 1})
+    proc = subprocess.run([sys.executable, "-m", "randopt_verl.main", *args], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1
+    assert "created for a different search" in proc.stdout and "population_seed" in proc.stdout
+    assert f"full log: {out / 'run_quick' / 'console.log'}" in proc.stdout
+    assert len((proc.stdout + proc.stderr).splitlines()) <= 30, proc.stdout + proc.stderr
