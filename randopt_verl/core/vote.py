@@ -360,8 +360,3 @@ def fraction_beating_base(rows: Iterable[Mapping[str, Any]], base_score: float) 
     for d in out.values():
         d["fraction"] = d["beating"] / d["n"]
     return dict(sorted(out.items(), key=lambda kv: float(kv[0])))
-
-
-# the table's home is randopt_verl.core.report; this name stays importable for randopt_verl/tools/cli.py until that
-# module imports it from there
-from randopt_verl.core.report import results_table  # noqa: E402,F401

@@ -174,9 +174,9 @@ def _density_args(p: argparse.ArgumentParser) -> None:
 
 
 def _density(args: argparse.Namespace) -> int:
-    from randopt_verl.tools import plots
-    from randopt_verl.core import vote
+    from randopt_verl.core import report
     from randopt_verl.core.rundir import RESULTS, read_json
+    from randopt_verl.tools import plots
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -185,7 +185,7 @@ def _density(args: argparse.Namespace) -> int:
         print(path)
     if (run_dir / RESULTS).exists():
         print()
-        print(vote.results_table(read_json(run_dir / RESULTS)), end="")
+        print(report.results_table(read_json(run_dir / RESULTS)), end="")
     return 0
 
 

@@ -56,7 +56,7 @@ def test_density(tmp_path, capsys):
     out = capsys.readouterr().out
     assert str(run / "density.png") in out and str(run / "maj_at_k.png") in out
     assert (run / "density.png").exists() and (run / "maj_at_k.png").exists()
-    assert "best single expert" in out and "selected top-k vote" in out  # vote.results_table
+    assert "best single expert" in out and "selected top-k vote" in out  # report.results_table
 
 
 def test_density_without_results(tmp_path, capsys):
