@@ -28,7 +28,7 @@ import torch
 from verl.single_controller.base.decorator import Dispatch, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from randopt_verl.core.population import Candidate, Merged, ParamFilter, candidate_from_dict, combined, tied_aliases
+from randopt_verl.core.population import Candidate, Merged, ParamFilter, combined, tied_aliases
 
 logger = logging.getLogger(__name__)
 
@@ -162,23 +162,24 @@ class SearchWorker(ActorRolloutRefWorker):
             engine.get_per_tensor_param = perturbed_stream
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def set_sync_candidates(self, by_replica: dict, include=None, exclude=None) -> Optional[dict]:
-        """by_replica: {replica_rank: Candidate.to_dict() or Merged.to_dict() | None}; a missing replica gets the
-        base."""
+    def set_sync_candidates(self, by_replica: dict, param_filter: Optional[ParamFilter] = None) -> Optional[dict]:
+        """by_replica: {replica_rank: Candidate | Merged | None}; a missing replica gets the base. param_filter:
+        the tensors the noise touches (None: every floating tensor)."""
         if any(c is not None for c in by_replica.values()):  # every rank refuses alike, before any sync starts
             self._require_fsdp2("perturb-at-sync")
         cand = by_replica.get(self.rollout.replica_rank)
-        self._sync_candidate = None if cand is None else candidate_from_dict(cand)
-        self._param_filter = ParamFilter(include, exclude)
-        return None if cand is None else dict(cand, replica=self.rollout.replica_rank)
+        self._sync_candidate = cand
+        self._param_filter = param_filter or ParamFilter(None, None)
+        return None if cand is None else dict(cand.to_dict(), replica=self.rollout.replica_rank)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def es_update(self, seeds: list[int], z: list[float], alpha: float, include=None, exclude=None) -> dict:
+    def es_update(self, seeds: list[int], z: list[float], alpha: float,
+                  param_filter: Optional[ParamFilter] = None) -> dict:
         """θ ← θ + (α/N)·Σ z_n ε_n on this rank's shards (fp32 parameters required), where the shards live."""
         self._require_fsdp2("the ES update")
         threads = host_threads_per_rank()
         n = es_update_shards(self.actor.engine.module.named_parameters(), seeds, z, alpha,
-                             ParamFilter(include, exclude), threads)
+                             param_filter or ParamFilter(None, None), threads)
         return {"updated_elements": n, "host_threads": threads}
 
     def _require_fsdp2(self, what: str) -> None:

@@ -5,7 +5,7 @@ LLMServerClient, RolloutReplica and CheckpointEngineManager in verl 0.9.1), so v
 weight sync run unchanged on top of it. Two additions serve RandOpt and ES:
 - `generate_many(prompts, sampling_params)`: a whole prompt list in fixed, ordered batches, so a candidate's
   scores do not depend on request arrival timing (and so not on the number of replicas);
-- `set_candidate(seed, sigma, include, exclude)` / `hold(candidate dict, include, exclude)`: pristine + σ·ε (or a
+- `hold(candidate, param_filter)`: a search `Candidate`'s pristine + σ·ε (or a
   consolidated model's Σ coeff·ε) in place (docs/ARCHITECTURE.md, decisions 2 and 3), equal to what perturb-at-sync
   would send, rounded once to the server's dtype (tests/trainers/test_randopt.py and
   tests/cpu/test_hf_bf16_replicas.py check both paths give the same weights).
@@ -106,17 +106,10 @@ class HFServer:
             self.global_steps = global_steps
         return n
 
-    async def set_candidate(self, seed: Optional[int], sigma: float = 0.0, include=None, exclude=None):
-        from randopt_verl.core.population import ParamFilter
-
-        self.engine.set_candidate(seed, sigma, ParamFilter(include, exclude))
-        return self.engine.candidate
-
-    async def hold(self, candidate: Optional[dict], include=None, exclude=None):
-        """Hold ``Candidate.to_dict()`` or ``Merged.to_dict()`` (None: the pristine weights), in place."""
-        from randopt_verl.core.population import ParamFilter, candidate_from_dict
-
-        self.engine.hold(candidate_from_dict(candidate), ParamFilter(include, exclude))
+    async def hold(self, candidate, param_filter=None):
+        """Hold a `Candidate` or `Merged` (None: the pristine weights) under a `ParamFilter` (None: every floating
+        tensor), in place."""
+        self.engine.hold(candidate, param_filter)
         return self.engine.candidate
 
     async def get_weights(self) -> dict[str, torch.Tensor]:

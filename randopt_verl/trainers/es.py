@@ -71,8 +71,7 @@ class ESTrainer(SearchTrainer):
                 "iteration": it, "seeds": [c.seed for c in members], "sigma": sigma, "alpha": alpha,
                 "rewards": [float(r) for r in rewards], "z": [float(v) for v in z]})
             with self.cost.timed():
-                self.actor_rollout_wg.es_update([c.seed for c in members], [float(v) for v in z], alpha,
-                                                param_filter.include, param_filter.exclude)
+                self.actor_rollout_wg.es_update([c.seed for c in members], [float(v) for v in z], alpha, param_filter)
                 self.load_base()
             self.global_steps = it
             metrics = {"es/reward_mean": float(rewards.mean()), "es/reward_max": float(rewards.max()),

@@ -260,20 +260,15 @@ class SearchTrainer(PPOTrainer):
     def load_candidates(self, by_replica: dict[int, Optional[Candidate | Merged]], *, how: str,
                         param_filter: ParamFilter) -> None:
         """Make replica r hold by_replica.get(r) (a search `Candidate` or a consolidated `Merged`; None or missing:
-        the base weights)."""
-        include, exclude = param_filter.include, param_filter.exclude
+        the base weights). The candidate and filter objects travel to the servers or ranks as they are (Ray pickles
+        them), so the noise is built from the very objects the trainer holds."""
         if how == "server":
             # hf servers perturb in place from their pristine copy: no weight transfer
-            refs = []
-            for rep in self.replicas:
-                cand = by_replica.get(rep.replica_rank)
-                for server in rep.servers:
-                    refs.append(server.hold.remote(None if cand is None else cand.to_dict(), include, exclude))
-            ray.get(refs)
+            ray.get([server.hold.remote(by_replica.get(rep.replica_rank), param_filter)
+                     for rep in self.replicas for server in rep.servers])
             return
         # perturb-at-sync: each rank perturbs the FSDP stream for its own replica; verl's sync does the rest
-        plain = {r: (None if c is None else c.to_dict()) for r, c in by_replica.items()}
-        self.actor_rollout_wg.set_sync_candidates(plain, include, exclude)
+        self.actor_rollout_wg.set_sync_candidates(dict(by_replica), param_filter)
         self.sync_weights()
 
     def sync_weights(self) -> None:
