@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bash scripts/head_to_head_cpu.sh [OUT_DIR]     -- any CPU (measured on 2 cores: ~33 minutes in all, GRPO ~22 of them)
+# bash scripts/head_to_head_cpu.sh [OUT_DIR]     -- a CPU with 2 or more cores, ~10 GB (one replica per core, 2 in all)
 # RandOpt vs ES vs GRPO on the embedded demo model and task (the demo's data) at one search/training budget of
 # 384 rollouts (prompt x sample), through `trainer=randopt|es|grpo` with nothing else changed, then
 # `randopt-verl compare`.
@@ -11,17 +11,22 @@ set -euo pipefail
 OUT=$(realpath -m "${1:-head_to_head}")
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MODEL=$(python -m randopt_verl.assets.embedded)
-python - "$OUT" <<'PY'
+# the demo's task and wording: 128 selection-split prompts (RandOpt and ES score the first 32, GRPO trains on 96 of
+# them) and 100 test prompts, none shared; the script prints the folder it wrote
+DATA=$(python - "$OUT" <<'PY'
 import sys
 from pathlib import Path
 from randopt_verl.tools import demo
-demo.write_data(Path(sys.argv[1]))
+print(Path(demo.write_data(Path(sys.argv[1]), 128, 100)["train"]).parent)
 PY
+)
 COMMON=(
   hardware=cpu
+  # one rollout replica (and FSDP rank) per core: the CPU engine gains little from a second thread per replica
+  trainer.n_gpus_per_node=2
   actor_rollout_ref.model.path="$MODEL"
-  data.train_files="$OUT/data/train.parquet"
-  data.val_files="$OUT/data/test.parquet"
+  data.train_files="$DATA/train.parquet"
+  data.val_files="$DATA/test.parquet"
   reward.custom_reward_function.path="$REPO/reward_fns/countdown.py"
   data.max_prompt_length=128
   data.max_response_length=12

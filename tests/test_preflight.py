@@ -235,3 +235,39 @@ def test_reward_on_one_row_is_doctors_and_a_hang_fails_its_line(tiny_model, toy_
     config = preflight.compose(base + [f"reward.custom_reward_function.path={hanging}"])
     with pytest.raises(preflight.ConfigError, match="did not return within 1 s"):
         preflight._reward_row(config, True, timeout_s=1)
+
+
+# ------------------------------------------------------------------------------------- the CPU head-to-head
+
+
+def test_head_to_head_script_writes_its_data_and_its_three_commands_pass_doctor(tiny_model, big_toy_data, tmp_path):
+    """scripts/head_to_head_cpu.sh with a `python` that records each `python -m randopt_verl.main` command and
+    answers the embedded-model lookup with the tiny model; the script's own data step runs for real (it once called
+    a helper whose signature had changed and would have stopped before its first run)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "record"
+    (bin_dir / "python").write_text(
+        '#!/bin/sh\n'
+        'if [ "$1" = "-m" ] && [ "$2" = "randopt_verl.main" ]; then shift 2; printf "%s\\0" "$@" >> "$RECORD"; '
+        'printf "\\n" >> "$RECORD"; exit 0; fi\n'
+        f'if [ "$1" = "-m" ] && [ "$2" = "randopt_verl.assets.embedded" ]; then echo "{tiny_model}"; exit 0; fi\n'
+        f'exec "{sys.executable}" "$@"\n')
+    (bin_dir / "randopt-verl").write_text("#!/bin/sh\nexit 0\n")
+    for f in bin_dir.iterdir():
+        f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RECORD": str(record),
+           "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "head_to_head_cpu.sh"), str(tmp_path / "h2h")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    commands = [[a for a in line.split("\0") if a] for line in record.read_text().splitlines() if line]
+    assert [next(a for a in c if a.startswith("trainer=")) for c in commands] == [
+        "trainer=randopt", "trainer=es", "trainer=grpo"]
+    for command in commands:
+        values = dict(a.split("=", 1) for a in command if "=" in a)
+        train, test = pd.read_parquet(values["data.train_files"]), pd.read_parquet(values["data.val_files"])
+        assert (len(train), len(test)) == (128, 100)
+        assert values["actor_rollout_ref.model.path"] == str(tiny_model)
+        status, text = _doctor(_pointed(command, str(tiny_model), big_toy_data, tmp_path / "run"))
+        assert status == 0, f"{command}\n{text}"
