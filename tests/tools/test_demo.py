@@ -37,6 +37,17 @@ def test_presets_have_distinct_data_of_their_size(tmp_path):
     assert (len(sel), len(test)) == (128, 400) and len(set(prompts)) == 528
 
 
+def test_demo_runs_one_replica_per_core_up_to_two(monkeypatch, tmp_path):
+    """The demo's replicas become verl's trainer.n_gpus_per_node (one rollout replica and FSDP rank each)."""
+    monkeypatch.setattr(demo.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert demo.default_replicas() == 2
+    monkeypatch.setattr(demo.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert demo.default_replicas() == 1
+    args = demo.overrides("m", {"train": "a", "test": "b"}, tmp_path, {**demo.COMMON, **demo.PRESETS["quick"]}, 2)
+    assert "trainer.n_gpus_per_node=2" in args and args.count("hardware=cpu") == 1
+    assert demo.run(out=str(tmp_path / "x"), replicas=0) == 2
+
+
 @pytest.mark.slow
 def test_demo_console_is_short_and_the_log_has_verls_lines(tmp_path, tiny_model):
     """The demo on the tiny model (quick preset, 4 candidates): at most 150 console lines, the table once, Ray's
@@ -44,7 +55,7 @@ def test_demo_console_is_short_and_the_log_has_verls_lines(tmp_path, tiny_model)
     error (with its fix) and the log's path reach the console."""
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "randopt_verl.tools.cli", "demo", "--out", str(out), "--model",
-                           tiny_model, "--preset", "quick", "--population", "4"],
+                           tiny_model, "--preset", "quick", "--population", "4", "--replicas", "1"],
                           capture_output=True, text=True, timeout=900)
     console = proc.stdout + proc.stderr
     assert proc.returncode == 0, console[-3000:]
