@@ -222,8 +222,10 @@ def compare_table(runs: Sequence[Mapping[str, Any]]) -> str:
     for r in runs:
         f = r["final"]
         maj = r.get("maj_at_k")
+        n = f.get("n")
         rows.append([
-            str(r["name"]), r["method"], f"{pct(f['accuracy'])} ({r.get('accuracy_label', 'accuracy')})",
+            str(r["name"]), r["method"],
+            f"{pct_ci(f['accuracy'], f.get('ci95'))} ({r.get('accuracy_label', 'accuracy')}{f', n={n}' if n else ''})",
             ", ".join(f"@{k} {pct(v)}" for k, v in sorted(maj.items())) if maj else "-",
             pct(r.get("base_accuracy")), count(f.get("rollouts")), count(f.get("tokens")), duration(f.get("wall_s")),
         ])
@@ -234,6 +236,8 @@ def compare_table(runs: Sequence[Mapping[str, Any]]) -> str:
                      "search (the test answers are apart, results.json test_cost).")
     if any(r["method"] != "randopt" for r in runs):
         notes.append("ES/GRPO accuracy: the last validation; base: the validation before the first update.")
+    notes.append("[lo, hi]: Wilson 95% interval over the n test prompts (prompts only: not over seeds; repeat the runs "
+                 "over seeds for that).")
     notes.append("Costs are cumulative rollouts, generated tokens and wall time of the search or training work "
                  "(weights-in included; validation, test answers, checkpoint I/O and start-up excluded) up to that "
                  "accuracy.")

@@ -7,7 +7,8 @@
     {"name": str, "method": "randopt" | "es" | "grpo", "path": str,
      "accuracy_label": str,                       # what "accuracy" is: "maj@K" (randopt) or "val acc"
      "curve": [(rollouts, tokens, wall_s, accuracy), ...],
-     "final": {"accuracy", "rollouts", "tokens", "wall_s"},
+     "final": {"accuracy", "rollouts", "tokens", "wall_s",
+               "n", "ci95"},                      # test prompts behind the accuracy, its Wilson 95% interval (or None)
      "maj_at_k": {k: accuracy} | None,            # randopt only
      "base_accuracy": float | None}
 
@@ -26,8 +27,11 @@ Formats read:
   update) is the base accuracy. Unreadable lines (a torn last line of a killed run) are skipped. A RandOpt run
   also writes a metrics.jsonl (its progress); without results.json it is refused as unfinished.
 
-The final point is the last validation: its accuracy at the cost spent when it was measured. The table is
-rendered by `randopt_verl.core.report.compare_table`.
+The final point is the last validation: its accuracy at the cost spent when it was measured. Its number of test
+prompts ``n`` (RandOpt: results.json ``n_test``; ES: ``val/n``; else, from the run's config, the smaller of GRPO's
+``data.val_max_samples`` or ES's ``es.test_size`` and the rows of ``data.val_files``) gives the table its Wilson 95%
+interval. The table is rendered by
+`randopt_verl.core.report.compare_table`.
 
 Seeds: runs that differ only in their seeds are repeats of one experiment. `load_run` also reads each run's resolved
 config (RandOpt and ES: manifest.json; GRPO: config.json, which its trainer writes; `RunDir.config`), and
@@ -49,6 +53,7 @@ from typing import Any, Mapping, Sequence
 
 from randopt_verl.core import report as _report
 from randopt_verl.core.rundir import METRICS, RESULTS, RunDir, read_json, read_jsonl
+from randopt_verl.core.stats import wilson
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +95,8 @@ def _load_randopt(path: Path, name: str) -> dict:
     return {
         "name": name, "method": "randopt", "path": str(path.parent), "accuracy_label": label,
         "curve": curve,
-        "final": {"accuracy": acc, "rollouts": _int(rollouts), "tokens": _int(tokens), "wall_s": wall},
+        "final": {"accuracy": acc, "rollouts": _int(rollouts), "tokens": _int(tokens), "wall_s": wall,
+                  "n": _int(_num(res.get("n_test")))},
         "maj_at_k": dict(sorted(maj.items())) or None,
         "base_accuracy": base,
     }
@@ -150,7 +156,7 @@ def _load_metrics(path: Path, name: str) -> dict:
         raise ValueError(f"{path} is the progress log of a RandOpt search that has not finished: there is no "
                          f"{RESULTS} beside it yet")
     cost: list[float | None] = [0, 0, 0.0]
-    curve, base = [], None
+    curve, base, n = [], None, None
     for step, d in rows:
         if any(k in d for k in _COST_KEYS):
             cost = [_num(d.get(k)) for k in _COST_KEYS]
@@ -158,6 +164,7 @@ def _load_metrics(path: Path, name: str) -> dict:
         if acc is None:
             continue
         curve.append((_int(cost[0]), _int(cost[1]), cost[2], acc))
+        n = _int(_num(d.get("val/n")))
         if step == 0:
             base = acc
     if not curve:
@@ -166,7 +173,7 @@ def _load_metrics(path: Path, name: str) -> dict:
     return {
         "name": name, "method": method, "path": str(path.parent), "accuracy_label": "val acc",
         "curve": curve,
-        "final": {"accuracy": a, "rollouts": r, "tokens": t, "wall_s": w},
+        "final": {"accuracy": a, "rollouts": r, "tokens": t, "wall_s": w, "n": n},
         "maj_at_k": None,
         "base_accuracy": base,
     }
@@ -189,7 +196,34 @@ def load_run(run_dir: str | os.PathLike) -> dict:
             f"{p} has neither {RESULTS} (a finished RandOpt run) nor {METRICS} (an ES or GRPO run): nothing to compare"
         )
     out["config"] = run.config()
+    final = out["final"]
+    if final["n"] is None and out["method"] in ("es", "grpo"):
+        final["n"] = _val_n(out["config"], out["method"])
+    n = final["n"]
+    final["ci95"] = list(wilson(round(final["accuracy"] * n), n)) if n else None
     return out
+
+
+def _val_n(config: Mapping[str, Any] | None, method: str) -> int | None:
+    """The test prompts behind a validation accuracy, from the run's config when its metrics do not say (GRPO's
+    verl validation; ES runs from before `val/n`): the cap (GRPO data.val_max_samples, ES es.test_size) and the
+    rows of data.val_files, whichever is smaller (None when neither can be read: the table then shows no
+    interval)."""
+    config = config or {}
+    data = config.get("data") or {}
+    files = data.get("val_files")
+    files = [files] if isinstance(files, str) else list(files or [])
+    try:
+        import pyarrow.parquet as pq
+
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files) if files else None
+    except Exception:  # moved or unreadable files: fall back to the cap alone
+        rows = None
+    cap = (config.get("es") or {}).get("test_size") if method == "es" else data.get("val_max_samples")
+    cap = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
+    if rows is None:
+        return cap
+    return min(rows, cap) if cap else rows
 
 
 # ------------------------------------------------------------------------------------------- seeds

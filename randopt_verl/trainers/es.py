@@ -110,7 +110,8 @@ class ESTrainer(SearchTrainer):
         spread over the replicas; evaluation, so not added to the training cost."""
         ev = self.evaluate_spread(None, test, greedy(self.response_length))
         return {"val/acc": float(np.mean([s["acc"] for s in ev.samples])),
-                "val/score": float(np.mean([s["score"] for s in ev.samples]))}
+                "val/score": float(np.mean([s["score"] for s in ev.samples])),
+                "val/n": len(ev.samples)}  # the prompts behind the accuracy: `compare` gives it an interval
 
     def _restore(self, run: RunDir) -> None:
         """Records and cost counters as of the checkpoint verl restored: rows of later iterations (run after that

@@ -42,7 +42,7 @@ def es_run(root: Path) -> Path:
     return jsonl(root, [
         {"step": 0, "data": {"val/acc": 0.25, "val/score": 0.3, **cost(40, 2000, 10.0)}},
         {"step": 1, "data": {"es/reward_mean": 0.2, **cost(440, 22000, 100.0)}},
-        {"step": 2, "data": {"es/reward_mean": 0.3, "val/acc": 0.3, **cost(880, 44000, 200.0)}},
+        {"step": 2, "data": {"es/reward_mean": 0.3, "val/acc": 0.3, "val/n": 60, **cost(880, 44000, 200.0)}},
         {"step": 3, "data": {"es/reward_mean": 0.3, **cost(1280, 64000, 290.0)}},
     ], torn='{"step": 4, "data": {"es/reward_mean": 0.4, "cost/roll')  # killed mid-write
 
@@ -67,7 +67,8 @@ def runs(tmp_path) -> list[dict]:
 def test_randopt_run(runs):
     r = runs[0]
     assert r["method"] == "randopt" and r["name"] == "ro"
-    assert r["final"] == {"accuracy": 0.525, "rollouts": 2360, "tokens": 150000, "wall_s": 3725.5}
+    assert r["final"] == {"accuracy": 0.525, "rollouts": 2360, "tokens": 150000, "wall_s": 3725.5, "n": 40,
+                          "ci95": [pytest.approx(0.37497, abs=1e-5), pytest.approx(0.67065, abs=1e-5)]}
     assert r["accuracy_label"] == "maj@8"
     assert r["maj_at_k"] == {1: 0.4, 4: 0.45, 8: 0.525}
     assert r["base_accuracy"] == 0.25
@@ -78,7 +79,8 @@ def test_es_run_skips_torn_line(runs):
     r = runs[1]
     assert r["method"] == "es"
     assert r["curve"] == [(40, 2000, 10.0, 0.25), (880, 44000, 200.0, 0.3)]
-    assert r["final"] == {"accuracy": 0.3, "rollouts": 880, "tokens": 44000, "wall_s": 200.0}
+    assert r["final"] == {"accuracy": 0.3, "rollouts": 880, "tokens": 44000, "wall_s": 200.0, "n": 60,
+                          "ci95": [pytest.approx(0.19898, abs=1e-5), pytest.approx(0.42509, abs=1e-5)]}
     assert r["base_accuracy"] == 0.25 and r["maj_at_k"] is None
 
 
@@ -88,6 +90,7 @@ def test_grpo_run(runs):
     assert r["curve"] == [(0, 0, 0.0, 0.25), (256, 18000, 100.0, 0.45)]
     assert r["base_accuracy"] == 0.25
     assert r["final"]["accuracy"] == 0.45
+    assert r["final"]["n"] is None and r["final"]["ci95"] is None  # no config to count its test prompts from
 
 
 def test_method_field_wins(tmp_path):
@@ -103,9 +106,9 @@ def test_report_table(runs):
     body = [ln for ln in lines[2:5]]
     assert [ln.split("|")[1].strip() for ln in body] == ["ro", "es", "grpo"]  # the order given
     ro, es, grpo = ([c.strip() for c in ln.split("|")[1:-1]] for ln in body)
-    assert ro == ["ro", "randopt", "52.5% (maj@8)", "@1 40.0%, @4 45.0%, @8 52.5%", "25.0%", "2.36k", "150.00k",
-                  "1h02m"]
-    assert es == ["es", "es", "30.0% (val acc)", "-", "25.0%", "880", "44.00k", "3m20s"]
+    assert ro == ["ro", "randopt", "52.5% [37.5, 67.1] (maj@8, n=40)", "@1 40.0%, @4 45.0%, @8 52.5%", "25.0%",
+                  "2.36k", "150.00k", "1h02m"]
+    assert es == ["es", "es", "30.0% [19.9, 42.5] (val acc, n=60)", "-", "25.0%", "880", "44.00k", "3m20s"]
     assert grpo == ["grpo", "grpo", "45.0% (val acc)", "-", "25.0%", "256", "18.00k", "1m40s"]
     assert "maj@K" in text
 
@@ -180,3 +183,27 @@ def test_grpo_config_json_and_runs_without_config(tmp_path):
     groups = group_by_seed([load_run(d) for d in dirs + [bare]])
     assert [g["n"] for g in groups] == [2, 1]
     assert groups[0]["seeds"][0] == {"actor_rollout_ref.actor.data_loader_seed": 1, "data.seed": 1}
+
+
+def test_validation_prompts_counted_from_the_config_when_the_metrics_do_not_say(tmp_path):
+    """GRPO (verl's validation logs no count) and ES runs from before val/n: n is the smaller of the cap in the
+    config and the rows of data.val_files, and gives the interval; unreadable files leave the cap alone."""
+    import pandas as pd
+
+    from randopt_verl.core.rundir import RunDir
+
+    val = tmp_path / "val.parquet"
+    pd.DataFrame({"x": range(20)}).to_parquet(val)
+    rows = [{"step": 1, "data": {**cost(10, 100, 1.0), "actor/loss": 0.5, "val-core/x/acc/mean@1": 0.45}}]
+    cases = [("grpo", {"data": {"val_files": [str(val)], "val_max_samples": 100}}, 20),
+             ("grpo", {"data": {"val_files": str(val), "val_max_samples": 8}}, 8),
+             ("grpo", {"data": {"val_files": [str(tmp_path / "gone.parquet")], "val_max_samples": 12}}, 12),
+             ("es", {"data": {"val_files": [str(val)]}, "es": {"test_size": None}}, 20)]
+    for i, (method, config, n) in enumerate(cases):
+        d = jsonl(tmp_path / f"run{i}", [{"step": 1, "data": {**rows[0]["data"], "meta/method": method}}])
+        RunDir(d).write_config(config)
+        final = load_run(d)["final"]
+        assert final["n"] == n, (config, final)
+    d = jsonl(tmp_path / "twenty", rows)
+    RunDir(d).write_config(cases[0][1])
+    assert "45.0% [25.8, 65.8] (val acc, n=20)" in report([load_run(d)])

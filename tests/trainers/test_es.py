@@ -82,6 +82,7 @@ def test_es_update_matches_hand_computation(es_runs, which):
 def test_es_metrics_carry_cost_across_resume(es_runs, which):
     rows = read_jsonl(RunDir(es_runs[which]["run_dir"]).metrics_path)
     assert [r["step"] for r in rows] == [1, 2] and "val/acc" in rows[-1]["data"]
+    assert rows[-1]["data"]["val/n"] == 4  # es.test_size: what `compare` computes the interval from
     assert rows[-1]["data"]["cost/rollouts"] == 2 * 4 * 6  # iterations x members x selection prompts
     assert rows[-1]["data"]["cost/wall_s"] > rows[0]["data"]["cost/wall_s"] > 0
     assert rows[0]["data"]["meta/method"] == "es"
