@@ -241,16 +241,34 @@ def _perturbed_bf16_par_nb(src, dst, offset, k0, k1, sigma):
         _perturbed_bf16_serial_nb(src[lo:hi], dst[lo:hi], offset + lo, k0, k1, sigma)
 
 
+def _on_torch_threads(kernel, *args) -> None:
+    """Run a parallel numba kernel on torch's thread count and leave torch's count as it was. numba's OpenMP
+    threading layer shares libgomp with torch, and a parallel launch sets the OpenMP count to numba's own (every
+    core by default): without this, an hf rollout server configured for 1 thread computed on every core after its
+    first candidate, and replicas sharing a host oversubscribed it."""
+    import numba
+
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        kernel(*args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _noise_nb(out: np.ndarray, offset: int, k0: int, k1: int) -> None:
-    (_noise_par_nb if out.shape[0] >= _PARALLEL_MIN else _noise_serial_nb)(out, offset, k0, k1)
+    if out.shape[0] >= _PARALLEL_MIN:
+        _on_torch_threads(_noise_par_nb, out, offset, k0, k1)
+    else:
+        _noise_serial_nb(out, offset, k0, k1)
 
 
 def _perturbed_nb(src: np.ndarray, dst: np.ndarray, offset: int, k0: int, k1: int, sigma: np.float32) -> None:
-    if src.dtype == np.float32:
-        kernel = _perturbed_f32_par_nb if src.shape[0] >= _PARALLEL_MIN else _perturbed_f32_serial_nb
+    f32 = src.dtype == np.float32
+    if src.shape[0] >= _PARALLEL_MIN:
+        _on_torch_threads(_perturbed_f32_par_nb if f32 else _perturbed_bf16_par_nb, src, dst, offset, k0, k1, sigma)
     else:
-        kernel = _perturbed_bf16_par_nb if src.shape[0] >= _PARALLEL_MIN else _perturbed_bf16_serial_nb
-    kernel(src, dst, offset, k0, k1, sigma)
+        (_perturbed_f32_serial_nb if f32 else _perturbed_bf16_serial_nb)(src, dst, offset, k0, k1, sigma)
 
 
 @njit(cache=True, error_model="numpy")

@@ -68,8 +68,8 @@ COMMON = {
 }
 DEFAULT_PRESET = "evidence"
 # One rollout replica per core, at most 2: the hf engine at these sizes gains almost nothing from a second thread
-# (SmolLM2-135M, 128 prompts: 7.7-8.5 s per candidate on 1 thread and on 2), while two 1-thread replicas answer two
-# candidates at once (5.1-5.6 s per candidate). Each replica is one more FSDP rank and hf server process (together
+# (SmolLM2-135M, 128 prompts: 9.6-10.2 s per candidate on 1 thread, 8.6-9.3 s on 2), while two 1-thread replicas
+# answer two candidates at once (4.8-5.3 s per candidate). Each replica is one more FSDP rank and hf server process (together
 # about 2.5-3 GB resident with the 135M model), hence the cap of 2; --replicas sets it.
 MAX_DEFAULT_REPLICAS = 2
 

@@ -269,3 +269,21 @@ def test_kernel_module_imports_without_triton(monkeypatch):
     monkeypatch.setitem(sys.modules, "randopt_verl.core.noise_triton", mod)
     monkeypatch.setattr(sys.modules["randopt_verl.core"], "noise_triton", mod)
     assert N.noise_backend("cuda") == "torch"
+
+
+def test_parallel_kernels_leave_torchs_thread_count_alone():
+    """A process set to 1 torch thread (an hf rollout replica sharing the host) is still on 1 thread after the
+    noise's parallel numba kernels ran (numba's OpenMP layer shares libgomp with torch). A fresh process: the
+    count is process state, and numba's threading layer starts once per process."""
+    import subprocess
+    import sys
+
+    code = ("import torch\n"
+            "from randopt_verl.core.noise import noise, perturbed\n"
+            "torch.set_num_threads(1)\n"
+            "x = torch.zeros(1 << 19)\n"
+            "perturbed(x, 1, 'w', 0.01); perturbed(x.bfloat16(), 1, 'w', 0.01); noise(1, 'w', 1 << 19)\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "1"
