@@ -1,12 +1,12 @@
 """`randopt-verl demo`: RandOpt on the embedded default model (SmolLM2-135M-Instruct) on a CPU, with intervals.
 
-    randopt-verl demo [--out randopt_demo] [--preset quick|evidence] [--replicas R]   # any CPU: 2 cores, 8 GB; no GPU, no hub
+    randopt-verl demo [--out randopt_demo] [--preset quick|evidence] [--replicas R]   # any CPU: 2 cores, 16 GB (--replicas 1: less); no GPU, no hub
 It (1) fetches and converts the embedded model once (randopt_verl.assets.embedded), (2) writes the countdown-lite data
 (two numbers, one of + - *, answer with only the expression; reward_fns/countdown.py scores it; every prompt a
 different problem, and the selection and test splits share none), (3) runs
 `python -m randopt_verl.main trainer=randopt hardware=cpu trainer.n_gpus_per_node=R console.quiet=true <preset>` -
-the same verl harness as any run, with R rollout replicas (default: one per core, at most 2) - whose Ray and verl output goes to `<out>/run_<preset>/console.log` while the terminal shows one progress
-line per phase, and prints the command, so it can be rerun or changed by hand, and (4) prints the results table once
+the same verl harness as any run, with R rollout replicas (default: one per core, at most 2) - whose Ray and verl
+output goes to `<out>/run_<preset>/console.log` while the terminal shows one progress line per phase, and prints the command, so it can be rerun or changed by hand, and (4) prints the results table once
 (rendered by randopt_verl.core.report from the run's results.json: controls, the consolidated model and its shuffled
 control, 95% intervals, paired differences - among them the selected top-k vote against the random-k vote over the
 same test prompts - selection diagnostics, the fraction of candidates beating the base per sigma, the cost) and the
@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # The presets. "evidence" (default) has the statistical power issue 13 asks for: 48 candidates, 128 selection prompts
 # (a candidate's selection score moves in steps of 0.8 points), 400 test prompts (a standard error of about 1.7 points
 # at 13%; the paired comparison of two votes on the same prompts is tighter still). Measured on this project's 2-core
-# machine (AVX512-BF16, no AMX), model cached, bf16 hf engine, 2 replicas x 1 thread: 672 s end to end (start-up
-# ~100 s, search 4m29s, test answers 3m50s, consolidation 41 s); with 1 replica x 2 threads (the hardware=cpu
+# machine (AVX512-BF16, no AMX), model cached, bf16 hf engine, 2 replicas x 1 thread: 703 s end to end (start-up
+# and results ~110 s, search 4m41s, test answers 4m03s, consolidation 69 s); with 1 replica x 2 threads (hardware=cpu's
 # default) it took about 1,010 s. Its matmuls alone need about 5 minutes at this CPU's measured bf16 peak (README,
 # "What the demo shows"), so 6 minutes is out of reach here. "quick" (24 / 48 / 160) is a third of the work, with
 # intervals about twice as wide. Both drop the base model's self-consistency samples (max(k) sampled test passes) for
@@ -56,7 +56,7 @@ PRESETS = {
 COMMON = {
     "sigmas": "[0.002,0.004]",
     "top_k": 4,
-    "ensemble_ks": "[1,2,4]",
+    "ensemble_ks": [1, 2, 4],
     # voting is CPU arithmetic over stored answers: many draws cost nothing and steady the random-k mean
     "random_k_draws": 100,
     "base_self_consistency": False,
@@ -65,12 +65,14 @@ COMMON = {
     # one model out of the top-K experts and its shuffled-reward control (randopt.consolidate): two scales per
     # variant scored on the selection set, then the two chosen models answer the test set once each
     "consolidate_scales": "[1.0,2.0]",
+    "consolidate": True,
 }
 DEFAULT_PRESET = "evidence"
 # One rollout replica per core, at most 2: the hf engine at these sizes gains almost nothing from a second thread
 # (SmolLM2-135M, 128 prompts: 9.6-10.2 s per candidate on 1 thread, 8.6-9.3 s on 2), while two 1-thread replicas
-# answer two candidates at once (4.8-5.3 s per candidate). Each replica is one more FSDP rank and hf server process (together
-# about 2.5-3 GB resident with the 135M model), hence the cap of 2; --replicas sets it.
+# answer two candidates at once (4.8-5.3 s per candidate). Each replica is one more FSDP rank and hf server process
+# (together about 5 GB with the 135M model: 8.7 GB in use at the peak with 1 replica, 13.6 GB with 2), hence the cap
+# of 2; --replicas sets it.
 MAX_DEFAULT_REPLICAS = 2
 
 
@@ -81,6 +83,17 @@ def default_replicas() -> int:
 # selection, 10% on test with greedy decoding); longer wordings drop it to 0%.
 PROMPT = "Using {a} and {b} once each and one of {ops}, make {target}. Answer with only the expression."
 DATA_SEED = 0
+
+
+def sized(preset_name: str, population: int | None = None) -> dict:
+    """The preset's settings; a smaller --population caps the control population, the top-K and the vote sizes
+    (every k <= K) and drops consolidation below 2 experts, so any population from 1 up gives a valid config."""
+    preset = {**COMMON, **PRESETS[preset_name], **({"population_size": population} if population else {})}
+    preset["control_population"] = min(preset["control_population"], preset["population_size"])
+    preset["top_k"] = min(preset["top_k"], preset["population_size"])
+    preset["ensemble_ks"] = [k for k in preset["ensemble_ks"] if k <= preset["top_k"]]
+    preset["consolidate"] = preset["consolidate"] and preset["top_k"] >= 2  # a merge needs two experts
+    return preset
 
 
 def reward_path() -> str:
@@ -118,13 +131,13 @@ def overrides(model: str, data_files: dict, run_dir: Path, preset: dict, replica
         f"randopt.sigmas={preset['sigmas']}",
         f"randopt.seed={preset['seed']}",
         f"randopt.top_k={preset['top_k']}",
-        f"randopt.ensemble_ks={preset['ensemble_ks']}",
+        f"randopt.ensemble_ks=[{','.join(str(k) for k in preset['ensemble_ks'])}]",
         f"randopt.selection_size={preset['selection_size']}",
         f"randopt.test_size={preset['test_size']}",
         f"randopt.controls.random_k_draws={preset['random_k_draws']}",
         f"randopt.controls.population={preset['control_population']}",
         f"randopt.controls.base_self_consistency={preset['base_self_consistency']}",
-        "randopt.consolidate.enabled=true",
+        f"randopt.consolidate.enabled={str(bool(preset['consolidate'])).lower()}",
         f"randopt.consolidate.scales={preset['consolidate_scales']}",
         f"randopt.run_dir={run_dir}",
         f"trainer.default_local_dir={run_dir}",
@@ -156,10 +169,7 @@ def run(out: str = "randopt_demo", model: str | None = None, population: int | N
     out_dir = Path(out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = model or embedded.default_model_path()
-    preset = {**COMMON, **PRESETS[preset_name], **({"population_size": population} if population else {})}
-    # a smaller --population caps the control population and top-K it draws from
-    preset["control_population"] = min(preset["control_population"], preset["population_size"])
-    preset["top_k"] = min(preset["top_k"], preset["population_size"])
+    preset = sized(preset_name, population)
     data_files = write_data(out_dir, preset["selection_size"], preset["test_size"])
     print(f"randopt-verl demo ({preset_name}): model {model_path}; {preset['population_size']} candidates, "
           f"{preset['selection_size']} selection and {preset['test_size']} test prompts (countdown-lite); "

@@ -48,6 +48,21 @@ def test_demo_runs_one_replica_per_core_up_to_two(monkeypatch, tmp_path):
     assert demo.run(out=str(tmp_path / "x"), replicas=0) == 2
 
 
+@pytest.mark.parametrize("population", [1, 2, 3, 48])
+def test_any_population_gives_a_config_doctor_passes(population, tiny_model, tmp_path):
+    """--population N caps top-K, the control population and the vote sizes (ensemble_ks [1,2,4] with N=2 was
+    refused at start-up: every k must be <= K)."""
+    import io
+
+    from randopt_verl import preflight
+
+    preset = demo.sized("quick", population)
+    assert max(preset["ensemble_ks"]) <= preset["top_k"] <= population
+    args = demo.overrides(tiny_model, demo.write_data(tmp_path, 48, 160), tmp_path / "run", preset, 1)
+    out = io.StringIO()
+    assert preflight.doctor(args, config_only=True, out=out) == 0, out.getvalue()
+
+
 @pytest.mark.slow
 def test_demo_console_is_short_and_the_log_has_verls_lines(tmp_path, tiny_model):
     """The demo on the tiny model (quick preset, 4 candidates): at most 150 console lines, the table once, Ray's
