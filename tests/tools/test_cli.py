@@ -71,7 +71,7 @@ def test_compare(tmp_path, capsys):
     md, png = tmp_path / "r" / "report.md", tmp_path / "compare.png"
     assert main(["compare", str(ro), str(es), "--out", str(md), "--plot", str(png)]) == 0
     out = capsys.readouterr().out
-    assert "75.0% (maj@2)" in out and "50.0% (val acc)" in out
+    assert "75.0% [30.1, 95.4] (maj@2, n=4)" in out and "50.0% (val acc)" in out  # ES: no val/n, no config
     assert md.read_text().splitlines()[2].startswith("| ro ")
     assert png.exists()
 
