@@ -172,6 +172,22 @@ def _check_fingerprint(run: RunDir, model_path: Path, recorded) -> None:
                     run.manifest_path, model_path)
 
 
+def _provenance(run_dir: Path, holder: Candidate | Merged, param_filter: ParamFilter, model_path: Path,
+                fingerprint: Any, dtype: torch.dtype) -> dict[str, Any]:
+    """The fields every export record carries: what rebuilds the weights anywhere (base, terms, noise spec, filter,
+    dtype) and where they came from."""
+    return {
+        "created": time.time(),
+        "run_dir": str(run_dir.resolve()),
+        "terms": [list(t) for t in holder.terms()],
+        "noise_spec": noise.NOISE_SPEC,
+        "param_filter": param_filter.to_dict(),
+        "base_model_path": str(model_path.resolve()),
+        "base_model_fingerprint": fingerprint,
+        "dtype": str(dtype).replace("torch.", ""),
+    }
+
+
 def _write_checkpoint(model_path: Path, holder: Candidate | Merged, param_filter: ParamFilter, dtype: torch.dtype,
                       out_dir: Path, force: bool, record_name: str, record: dict) -> Path:
     """Base (fp32) + the holder's terms (`population.combined`, via perturb_module_), then one cast to ``dtype``; saved
@@ -242,18 +258,11 @@ def export_expert(
                 test_acc = e.get("test_acc")
     record = {
         "format": EXPERT_FORMAT,
-        "created": time.time(),
-        "run_dir": str(run_dir.resolve()),
+        **_provenance(run_dir, candidate, param_filter, model_path, recorded, torch_dtype),
         "rank": rank,
         "index": candidate.index,
         "seed": candidate.seed,
         "sigma": candidate.sigma,
-        "terms": [list(t) for t in candidate.terms()],
-        "noise_spec": noise.NOISE_SPEC,
-        "param_filter": param_filter.to_dict(),
-        "base_model_path": str(model_path.resolve()),
-        "base_model_fingerprint": recorded,
-        "dtype": str(torch_dtype).replace("torch.", ""),
         "selection_score": expert.get("selection_score"),
         "selection_acc": expert.get("selection_acc"),
         "test_acc": test_acc,
@@ -288,27 +297,20 @@ def export_consolidated(
         raise ValueError(f"{run.consolidated_path} was built with noise spec {rec.get('noise_spec')!r}, the installed "
                          f"randopt_verl defines {noise.NOISE_SPEC!r}; install the version the run used")
     model = {m["index"]: m for m in rec["models"]}[rec["chosen"][variant]]
-    holder = Merged(index=int(model["index"]), term_list=tuple((int(a), float(b)) for a, b in model["terms"]))
+    holder = Merged.from_dict(model)
     model_path, param_filter, recorded = _base_model(run, read_json(run.manifest_path), model_path)
     _check_out_dir(out_dir, force, [model_path, run_dir])
     _check_fingerprint(run, model_path, recorded)
     results = run.results() or {}
     record = {
         "format": CONSOLIDATED_FORMAT,
-        "created": time.time(),
-        "run_dir": str(run_dir.resolve()),
+        **_provenance(run_dir, holder, param_filter, model_path, recorded, torch_dtype),
         "variant": variant,
         "model_index": holder.index,
         "scale": model["scale"],
         "weighting": rec["weighting"],
         "over": rec["over"],
         "members": rec["members"],
-        "terms": [list(t) for t in holder.terms()],
-        "noise_spec": noise.NOISE_SPEC,
-        "param_filter": param_filter.to_dict(),
-        "base_model_path": str(model_path.resolve()),
-        "base_model_fingerprint": recorded,
-        "dtype": str(torch_dtype).replace("torch.", ""),
         "results": results.get("consolidated"),
     }
     return _write_checkpoint(model_path, holder, param_filter, torch_dtype, out_dir, force, CONSOLIDATED_RECORD,
