@@ -162,15 +162,13 @@ class SearchWorker(ActorRolloutRefWorker):
             engine.get_per_tensor_param = perturbed_stream
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def set_sync_candidates(self, by_replica: dict, param_filter: Optional[ParamFilter] = None) -> Optional[dict]:
+    def set_sync_candidates(self, by_replica: dict, param_filter: Optional[ParamFilter] = None) -> None:
         """by_replica: {replica_rank: Candidate | Merged | None}; a missing replica gets the base. param_filter:
         the tensors the noise touches (None: every floating tensor)."""
         if any(c is not None for c in by_replica.values()):  # every rank refuses alike, before any sync starts
             self._require_fsdp2("perturb-at-sync")
-        cand = by_replica.get(self.rollout.replica_rank)
-        self._sync_candidate = cand
+        self._sync_candidate = by_replica.get(self.rollout.replica_rank)
         self._param_filter = param_filter or ParamFilter(None, None)
-        return None if cand is None else dict(cand.to_dict(), replica=self.rollout.replica_rank)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def es_update(self, seeds: list[int], z: list[float], alpha: float,
