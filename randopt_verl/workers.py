@@ -70,14 +70,18 @@ def perturbed_weight_stream(
 
 
 def host_threads_per_rank() -> int:
-    """This rank's share of the host's cores: the cores this process may run on / the ranks on this host
-    (verl sets LOCAL_WORLD_SIZE in every worker), at least 1."""
+    """This rank's share of the host's cores: the cores this process may run on / the ranks on this host, at
+    least 1.
+
+    The ranks on this host: verl 0.9.1's `RayWorkerGroup` puts `RAY_LOCAL_WORLD_SIZE` (the processes of the
+    resource pool on one node) into every worker's environment; it never sets torchrun's `LOCAL_WORLD_SIZE`, which
+    is read only as the fallback for a process started some other way."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(1, cores // ranks)
+    ranks = os.environ.get("RAY_LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or "1"
+    return max(1, cores // max(1, int(ranks)))
 
 
 @contextlib.contextmanager

@@ -3,6 +3,8 @@ host thread share of the ES update, and the update itself on plain and offset sh
 
 from __future__ import annotations
 
+import os
+
 import numba
 import pytest
 import torch
@@ -72,12 +74,55 @@ def test_no_candidate_passes_the_stream_through():
 
 def test_host_threads_per_rank_divides_the_cores(monkeypatch):
     monkeypatch.setattr(W.os, "sched_getaffinity", lambda pid: set(range(16)))
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("RAY_LOCAL_WORLD_SIZE", "8")  # what verl's RayWorkerGroup sets; LOCAL_WORLD_SIZE it does not
     assert W.host_threads_per_rank() == 2
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    monkeypatch.setenv("RAY_LOCAL_WORLD_SIZE", "32")
     assert W.host_threads_per_rank() == 1
+    monkeypatch.delenv("RAY_LOCAL_WORLD_SIZE")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's, for a process verl did not start
+    assert W.host_threads_per_rank() == 4
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert W.host_threads_per_rank() == 16
+
+
+_RAY_WORKERS_CHILD = """
+import os
+os.environ["RAY_ADDRESS"] = "local"
+import ray
+from verl.single_controller.base import Worker
+from verl.single_controller.base.decorator import Dispatch, register
+from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+
+class Probe(Worker):
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def share(self):
+        import randopt_verl.workers as W
+        return len(os.sched_getaffinity(0)), W.host_threads_per_rank()
+
+ray.init(num_cpus=2, include_dashboard=False)
+pool = RayResourcePool(process_on_nodes=[2], use_gpu=False, max_colocate_count=1)
+wg = RayWorkerGroup(pool, RayClassWithInitArgs(cls=ray.remote(Probe)))
+print(wg.share())
+ray.shutdown()
+"""
+
+
+def test_verl_workers_on_one_host_split_its_cores():
+    """Two ranks that verl's RayWorkerGroup starts on one node get half the cores each (a fresh process: Ray)."""
+    import ast
+    import subprocess
+    import sys
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: every share is 1 with or without the split")
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_WORLD_SIZE", "RAY_LOCAL_WORLD_SIZE")}
+    out = subprocess.run([sys.executable, "-c", _RAY_WORKERS_CHILD], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    shares = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert len(shares) == 2
+    assert all(threads == max(1, cores // 2) for cores, threads in shares), shares
 
 
 _THREAD_SHARE_CHILD = """
