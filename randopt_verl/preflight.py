@@ -368,10 +368,13 @@ def _check_flash_attn(config) -> str:
         raise _Skip("the config does not use flash_attention_2")
     got = _installed("flash-attn") or _installed("flash_attn")
     if got is None:
+        # verl's fsdp extra pins it, but it has no PyPI wheel and its isolated build fails: the gpu extra leaves it out
+        pin = verl_pin("flash-attn", "flash-attn-cu130torch211")
         raise ConfigError(
             "verl's FSDP actor loads the model with flash_attention_2 (actor_rollout_ref.model.override_config."
-            "attn_implementation) but flash-attn is not installed: pip install -e '.[gpu]' (verl's fsdp extra ships "
-            "it), or set actor_rollout_ref.model.override_config.attn_implementation=sdpa "
+            "attn_implementation) but flash-attn is not installed: pip install --no-build-isolation "
+            f"flash-attn{'==' + pin if pin else ''} (compiles against the installed CUDA torch), or set "
+            "++actor_rollout_ref.model.override_config.attn_implementation=sdpa "
             "actor_rollout_ref.model.use_remove_padding=false")
     return f"flash-attn {got}"
 
