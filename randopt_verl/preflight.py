@@ -311,7 +311,13 @@ def _verl_dataclasses(config, *, check_model: bool) -> str:
     omega_conf_to_dataclass(arr.rollout.checkpoint_engine)
     model = "model not loaded (fix the checks above first)"
     if check_model:
-        omega_conf_to_dataclass(arr.model)  # reads the HF config and tokenizer from the model folder
+        try:
+            omega_conf_to_dataclass(arr.model)  # reads the HF config and tokenizer from the model folder
+        except Exception as exc:  # hydra wraps the loader's error in InstantiationException: one line, no traceback
+            cause = exc.__cause__ or exc
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            raise ConfigError(f"actor_rollout_ref.model.path={arr.model.path}: verl's model config does not load "
+                              f"({type(cause).__name__}: {first})") from None
         model = "model config and tokenizer load"
     n = validate.replicas(config)
     return (f"{n} rollout replica(s) = {config.trainer.nnodes} node(s) x {config.trainer.n_gpus_per_node} GPUs / "
