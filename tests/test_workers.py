@@ -72,6 +72,41 @@ def test_no_candidate_passes_the_stream_through():
     assert all(a[1] is b[1] for a, b in zip(out, items))
 
 
+def test_stream_travels_in_the_rollout_dtype_rounded_once():
+    """Every floating tensor leaves in bf16 (perturbed or not, tied alias included), integer tensors untouched; a
+    perturbed one is bitwise combined(...) in fp32 then rounded to bf16 once, which is what vLLM stores when it
+    receives the fp32 tensor and copies it into its bf16 weight."""
+    from randopt_verl.core.population import Merged, combined
+
+    model = Tied()
+    items = list(_stream(model)) + [("position_ids", torch.arange(5))]
+    aliases = tied_aliases(model)
+    for cand in (Candidate(0, 5, 1e-2), Merged(0, ((5, 1e-2), (9, -3e-3))), None):
+        got = dict(W.perturbed_weight_stream(iter(items), cand, ParamFilter(None, ["layer.bias"]), aliases,
+                                             torch.bfloat16))
+        assert got["position_ids"].dtype == torch.int64 and torch.equal(got["position_ids"], torch.arange(5))
+        for name, tensor in items[:-1]:
+            assert got[name].dtype == torch.bfloat16, name
+            canonical = aliases.get(name, name)
+            selected = cand is not None and canonical != "layer.bias"
+            fp32 = combined(tensor, cand.terms(), canonical) if selected else tensor
+            assert fp32.dtype == torch.float32
+            vllm_stores = torch.empty_like(tensor, dtype=torch.bfloat16).copy_(fp32)  # what vLLM's loader does
+            assert torch.equal(got[name].view(torch.int16), vllm_stores.view(torch.int16)), name
+        if cand is not None:  # perturbed once, handed out again
+            assert got["lm_head.weight"] is got["embed_tokens.weight"]
+
+
+def test_travel_dtype_follows_the_rollout():
+    from omegaconf import OmegaConf
+
+    assert W.travel_dtype(OmegaConf.create({"name": "vllm", "dtype": "bfloat16"})) == torch.bfloat16
+    assert W.travel_dtype(OmegaConf.create({"name": "vllm", "dtype": "float16"})) == torch.float16
+    assert W.travel_dtype(OmegaConf.create({"name": "vllm", "dtype": "auto"})) is None
+    # the hf server keeps an fp32 pristine copy of what arrives (its in-place candidates start from it)
+    assert W.travel_dtype(OmegaConf.create({"name": "hf", "dtype": "bfloat16"})) is None
+
+
 def test_host_threads_per_rank_divides_the_cores(monkeypatch):
     monkeypatch.setattr(W.os, "sched_getaffinity", lambda pid: set(range(16)))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
