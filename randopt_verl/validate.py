@@ -324,7 +324,7 @@ def _check_rollout(config: DictConfig) -> None:
 def _check_tp_heads(config: DictConfig) -> None:
     """vLLM splits attention heads over the tensor-parallel ranks of a replica, and refuses (after the model loaded)
     a TP size that does not divide the attention heads, or the KV heads (more KV heads than ranks: each rank holds
-    heads // TP of them) or is not a multiple of them (fewer: each KV head is replicated TP // heads times)."""
+    KV heads // TP of them) or is not a multiple of them (fewer: each KV head is replicated TP // KV heads times)."""
     tp = int(config.actor_rollout_ref.rollout.tensor_model_parallel_size)
     hf = model_config_json(config) if tp > 1 else None
     if hf is None:
