@@ -152,10 +152,11 @@ def travel(a) -> int:
             sent[label] = n
     med = {k: statistics.median(v) for k, v in times.items()}
     n_params = sum(t.numel() for _, t in source)
-    print(f"\nmodel {model}: {n_params / 1e6:.1f}M elements in the stream; device {a.device}; sigma {a.sigma}; median of "
-          f"{a.reps}; load average {os.getloadavg()[0]:.1f}")
+    print(f"\nmodel {model}: {n_params / 1e6:.1f}M elements in the stream; device {a.device}; sigma {a.sigma}; "
+          f"median of {a.reps}; load average {os.getloadavg()[0]:.1f}")
     for k in ("fp32", "bf16"):
-        print(f"  {k} travel  {sent[k] / 2**20:9.1f} MiB  {med[k]:8.3f} s   ({', '.join(f'{x:.3f}' for x in times[k])})")
+        each = ", ".join(f"{x:.3f}" for x in times[k])
+        print(f"  {k} travel  {sent[k] / 2**20:9.1f} MiB  {med[k]:8.3f} s   ({each})")
     print(f"ratio bf16 / fp32 travel: bytes {sent['bf16'] / sent['fp32']:.3f}, seconds {med['bf16'] / med['fp32']:.3f}")
     return 0
 

@@ -44,7 +44,8 @@ def test_gpu_extra_resolves_for_a_gpu_node_without_flash_attn(tmp_path):
     reqs = _requirements("gpu")
     assert not any(_name(r) in ("flash-attn", "flash-attention") for r in reqs)
     report = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report)]
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+           "--report", str(report)]
     # PyPI as a GPU node sees it: no pip config files (this machine's constraints and local wheel folders)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     env["PIP_CONFIG_FILE"] = os.devnull
