@@ -311,7 +311,13 @@ def _verl_dataclasses(config, *, check_model: bool) -> str:
     omega_conf_to_dataclass(arr.rollout.checkpoint_engine)
     model = "model not loaded (fix the checks above first)"
     if check_model:
-        omega_conf_to_dataclass(arr.model)  # reads the HF config and tokenizer from the model folder
+        try:
+            omega_conf_to_dataclass(arr.model)  # reads the HF config and tokenizer from the model folder
+        except Exception as exc:  # hydra wraps the loader's error in InstantiationException: one line, no traceback
+            cause = exc.__cause__ or exc
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            raise ConfigError(f"actor_rollout_ref.model.path={arr.model.path}: verl's model config does not load "
+                              f"({type(cause).__name__}: {first})") from None
         model = "model config and tokenizer load"
     n = validate.replicas(config)
     return (f"{n} rollout replica(s) = {config.trainer.nnodes} node(s) x {config.trainer.n_gpus_per_node} GPUs / "
@@ -380,10 +386,13 @@ def _check_flash_attn(config) -> str:
         raise _Skip("the config does not use flash_attention_2")
     got = _installed("flash-attn") or _installed("flash_attn")
     if got is None:
+        # verl's fsdp extra pins it, but it has no PyPI wheel and its isolated build fails: the gpu extra leaves it out
+        pin = verl_pin("flash-attn", "flash-attn-cu130torch211")
         raise ConfigError(
             "verl's FSDP actor loads the model with flash_attention_2 (actor_rollout_ref.model.override_config."
-            "attn_implementation) but flash-attn is not installed: pip install -e '.[gpu]' (verl's fsdp extra ships "
-            "it), or set actor_rollout_ref.model.override_config.attn_implementation=sdpa "
+            "attn_implementation) but flash-attn is not installed: pip install --no-build-isolation "
+            f"flash-attn{'==' + pin if pin else ''} (compiles against the installed CUDA torch), or set "
+            "++actor_rollout_ref.model.override_config.attn_implementation=sdpa "
             "actor_rollout_ref.model.use_remove_padding=false")
     return f"flash-attn {got}"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
@@ -113,6 +113,68 @@ def _check_model(config: DictConfig) -> None:
             f"actor_rollout_ref.model.path={path} does not exist. Pass a local model folder; for the embedded "
             "default model run `python -m randopt_verl.assets.embedded` and use the path it prints."
         )
+    else:
+        _check_hub_model(path)
+
+
+def _check_hub_model(repo_id: str) -> None:
+    """A Hugging Face model id (verl downloads it when it loads the model): fine when its config.json is in the local
+    cache or the hub answers. Otherwise one line with the fix now, before anything loads: without network
+    transformers retries for over a minute, then fails inside verl's model config with a traceback."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # huggingface_hub's HFValidationError: not a repo id either
+        raise ConfigError(f"actor_rollout_ref.model.path={repo_id} is neither a local folder nor a Hugging Face model "
+                          "id (owner/name): pass a local model folder") from None
+    if isinstance(cached, str):
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if not offline and _reachable(constants.ENDPOINT):
+        return
+    why = "HF_HUB_OFFLINE is set" if offline else f"{constants.ENDPOINT} cannot be reached from this machine"
+    raise ConfigError(
+        f"actor_rollout_ref.model.path={repo_id} is a Hugging Face model id that is not in the local cache "
+        f"({constants.HF_HUB_CACHE}) and {why}: download it where there is network (`hf download {repo_id} "
+        f"--local-dir DIR`), copy DIR here and pass actor_rollout_ref.model.path=DIR (or fill HF_HOME's cache and "
+        "set HF_HUB_OFFLINE=1)")
+
+
+def _reachable(url: str, timeout_s: float = 5.0) -> bool:
+    """Whether a TCP connection to the URL's host opens within `timeout_s` (no request is sent)."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    try:
+        with socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def model_config_json(config: DictConfig) -> Optional[dict]:
+    """The model's config.json (a local folder's, or a hub id's from the local cache), None when neither is here;
+    reads no network."""
+    import json
+
+    path = str(config.actor_rollout_ref.model.path)
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(path, "config.json")
+        except ValueError:
+            return None
+        if not isinstance(cached, str):
+            return None
+        file = Path(cached)
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _check_data(config: DictConfig, key: str, what: str) -> None:
@@ -256,6 +318,30 @@ def _check_rollout(config: DictConfig) -> None:
     if rollout.name == "vllm" and str(config.trainer.device) == "cpu":
         _check_vllm_on_cpu(rollout)
     _check_replicas(config)
+    _check_tp_heads(config)
+
+
+def _check_tp_heads(config: DictConfig) -> None:
+    """vLLM splits attention heads over the tensor-parallel ranks of a replica, and refuses (after the model loaded)
+    a TP size that does not divide the attention heads, or the KV heads (more KV heads than ranks: each rank holds
+    KV heads // TP of them) or is not a multiple of them (fewer: each KV head is replicated TP // KV heads times)."""
+    tp = int(config.actor_rollout_ref.rollout.tensor_model_parallel_size)
+    hf = model_config_json(config) if tp > 1 else None
+    if hf is None:
+        return
+    hf = hf.get("text_config") or hf  # multimodal configs nest the language model's
+    heads = hf.get("num_attention_heads")
+    if not heads:
+        return
+    kv = hf.get("num_key_value_heads") or heads
+    key = "actor_rollout_ref.rollout.tensor_model_parallel_size"
+    fits = [d for d in range(1, heads + 1) if heads % d == 0 and (kv % d == 0 if kv >= d else d % kv == 0)]
+    if heads % tp:
+        raise ConfigError(f"{key}={tp} does not divide the model's {heads} attention heads (num_attention_heads in "
+                          f"its config.json; vLLM refuses it after loading the model): use one of {fits}")
+    if (kv % tp if kv >= tp else tp % kv):
+        raise ConfigError(f"{key}={tp} and the model's {kv} KV heads (num_key_value_heads): vLLM needs TP to divide "
+                          f"them, or to be a multiple of them when TP is larger: use one of {fits}")
 
 
 def _check_vllm_on_cpu(rollout) -> None:
@@ -318,6 +404,7 @@ def _check_randopt(config: DictConfig) -> None:
     if config.trainer.get("val_before_train") is False:
         raise ConfigError("trainer.val_before_train=false has no effect under trainer=randopt: the base model is "
                           "always scored (the reference row of the results table). Remove the override.")
+    _check_fsdp2(config, "randopt", "perturbs the weight stream by HF parameter name (perturb-at-sync)")
     _check_greedy_rollout(config, "randopt")
 
 
@@ -325,6 +412,13 @@ def _check_es(config: DictConfig) -> None:
     from randopt_verl.config.schema import typed
 
     typed(config, "es")
-    if config.actor_rollout_ref.actor.strategy != "fsdp2":
-        raise ConfigError("trainer=es updates FSDP2 parameters by name: set actor_rollout_ref.actor.strategy=fsdp2")
+    _check_fsdp2(config, "es", "updates the FSDP parameters by HF name and shard offset")
     _check_greedy_rollout(config, "es")
+
+
+def _check_fsdp2(config: DictConfig, mode: str, why: str) -> None:
+    """SearchWorker refuses FSDP1 (flat parameters hide the HF names) at the first weight sync; refuse it here."""
+    strategy = config.actor_rollout_ref.actor.strategy
+    if strategy != "fsdp2":
+        raise ConfigError(f"actor_rollout_ref.actor.strategy={strategy}: trainer={mode} {why}, which needs FSDP2 "
+                          "(FSDP1 exposes flat parameters); set actor_rollout_ref.actor.strategy=fsdp2")

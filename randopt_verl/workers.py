@@ -4,8 +4,9 @@
    replica it feeds; the FSDP2 per-tensor weight stream (`engine.get_per_tensor_param`: full tensors under HF
    names, gathered one at a time onto the GPU) is wrapped so that the tensors leaving for that replica are
    base + Σ coeff·ε(seed, HF name) over the candidate's terms (one term σ·ε for a search candidate, several for a
-   consolidated model), computed in fp32 and cast once (`randopt_verl.core.population.combined`; one fused kernel
-   per term on CUDA). A tied alias
+   consolidated model), computed in fp32 (`randopt_verl.core.population.combined`; one fused kernel per term on
+   CUDA) and rounded once to the rollout's dtype on the way out (`travel_dtype`: bf16 by default, as vLLM stores
+   it; unperturbed tensors alike, so a sync carries half the bytes of the fp32 actor's). A tied alias
    (`lm_head.weight` of a model with tied embeddings) is perturbed once, under its canonical name, and carries
    the very tensor its canonical name got. verl's own `update_weights` (and so vLLM's weight loading) runs
    unchanged; the FSDP parameters are never modified.
@@ -33,14 +34,41 @@ from randopt_verl.core.population import Candidate, Merged, ParamFilter, combine
 logger = logging.getLogger(__name__)
 
 
+_ROLLOUT_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+                   "fp16": torch.float16, "half": torch.float16, "float32": torch.float32, "fp32": torch.float32,
+                   "float": torch.float32}
+
+
+def travel_dtype(rollout) -> Optional[torch.dtype]:
+    """The dtype the weight stream carries floating tensors in: the rollout's weight dtype
+    (``actor_rollout_ref.rollout.dtype``, verl's default bfloat16), which vLLM rounds fp32 tensors to anyway on
+    loading, so the FSDP actor's fp32 tensors would travel at twice the bytes for nothing. None (no cast) for the hf
+    backend, which keeps an fp32 pristine copy of what arrives and rounds it itself, and for a dtype the rollout
+    resolves itself (``auto``)."""
+    if str(rollout.name) == "hf":
+        return None
+    return _ROLLOUT_DTYPES.get(str(rollout.get("dtype", "bfloat16")).lower())
+
+
+def _cast(tensor: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
+    if dtype is None or not tensor.is_floating_point() or tensor.dtype == dtype:
+        return tensor
+    return tensor.to(dtype)  # fp32 -> bf16/fp16: round to nearest even, once, as vLLM's copy into its weight does
+
+
 def perturbed_weight_stream(
     named_tensors: Iterable[tuple[str, torch.Tensor]],
     candidate: Optional[Candidate | Merged],
     param_filter: ParamFilter,
     aliases: Mapping[str, str],
+    dtype: Optional[torch.dtype] = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """The weight stream with selected tensors replaced by `combined` (base + Σ coeff·ε(seed, canonical name) over the
-    candidate's terms; new tensors).
+    candidate's terms; new tensors), and every floating tensor, perturbed or not, cast to ``dtype`` (None: kept).
+
+    The perturbed sum is formed in the stream's dtype (fp32 from the FSDP actor: exact fp32 arithmetic, no rounding
+    to a narrower type) and rounded to ``dtype`` once on the way out: bitwise what vLLM stores when it receives the
+    fp32 tensor and rounds it into its bf16 weight, at half the bytes.
 
     Names that share one tensor (``aliases``: alias -> canonical) are perturbed once: whichever name of a tied group
     arrives first is perturbed under the canonical name and the result is handed out again, unchanged, for the
@@ -48,7 +76,8 @@ def perturbed_weight_stream(
     does load it gets the same values). The held tensor is released once every name of its group has passed.
     """
     if candidate is None:
-        yield from named_tensors
+        for name, tensor in named_tensors:
+            yield name, _cast(tensor, dtype)
         return
     group_size: dict[str, int] = {}
     for alias, canonical in aliases.items():
@@ -64,20 +93,25 @@ def perturbed_weight_stream(
             yield name, entry[0]
             continue
         out = combined(tensor, candidate.terms(), canonical) if param_filter.selects(canonical, tensor) else tensor
+        out = _cast(out, dtype)
         if group_size.get(canonical, 1) > 1:
             held[canonical] = [out, group_size[canonical] - 1]
         yield name, out
 
 
 def host_threads_per_rank() -> int:
-    """This rank's share of the host's cores: the cores this process may run on / the ranks on this host
-    (verl sets LOCAL_WORLD_SIZE in every worker), at least 1."""
+    """This rank's share of the host's cores: the cores this process may run on / the ranks on this host, at
+    least 1.
+
+    The ranks on this host: verl 0.9.1's `RayWorkerGroup` puts `RAY_LOCAL_WORLD_SIZE` (the processes of the
+    resource pool on one node) into every worker's environment; it never sets torchrun's `LOCAL_WORLD_SIZE`, which
+    is read only as the fallback for a process started some other way."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(1, cores // ranks)
+    ranks = os.environ.get("RAY_LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or "1"
+    return max(1, cores // max(1, int(ranks)))
 
 
 @contextlib.contextmanager
@@ -148,15 +182,17 @@ class SearchWorker(ActorRolloutRefWorker):
             engine = self.actor.engine
             # FSDP2 keeps each tied group one Parameter object under HF names: the aliases the stream will carry
             self._aliases = tied_aliases(engine.module)
+            self._travel_dtype = travel_dtype(self.config.rollout)
             base_stream = engine.get_per_tensor_param
 
             def perturbed_stream(*args, **kwargs):
                 gen, peft = base_stream(*args, **kwargs)
-                if self._sync_candidate is None:
-                    return gen, peft
                 if peft is not None:
+                    if self._sync_candidate is None:
+                        return gen, peft  # LoRA syncs stay verl's own
                     raise ValueError("perturb-at-sync does not apply to LoRA adapters; merge them")
-                return perturbed_weight_stream(gen, self._sync_candidate, self._param_filter, self._aliases), peft
+                return perturbed_weight_stream(gen, self._sync_candidate, self._param_filter, self._aliases,
+                                               self._travel_dtype), peft
 
             # the narrowest hook: the stream update_weights reads from; update_weights itself is verl's own
             engine.get_per_tensor_param = perturbed_stream

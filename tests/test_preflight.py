@@ -172,6 +172,82 @@ def test_bad_values_exit_2_naming_the_key_and_fix(override, key, fix, tiny_model
     assert any(key in line and fix in line for line in fails), text
 
 
+def _doctor_cli(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "randopt_verl.tools.cli", "doctor", "--config-only", *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def _model_with_heads(src: str, dst: Path, heads: int, kv: int) -> str:
+    """The tiny model's folder with its config.json claiming other head counts (only the config is read)."""
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(num_attention_heads=heads, num_key_value_heads=kv)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return str(dst)
+
+
+@pytest.mark.parametrize("heads, kv, tp, fails", [
+    (2, 1, 4, "does not divide the model's 2 attention heads"),
+    (12, 8, 4, None),  # KV heads 8 split over 4 ranks
+    (12, 2, 4, None),  # 2 KV heads, each replicated twice over 4 ranks
+    (12, 4, 8, "does not divide the model's 12 attention heads"),
+    (24, 3, 2, "3 KV heads"),  # 2 ranks can neither split nor replicate 3 KV heads evenly
+])
+def test_rollout_tp_must_fit_the_models_heads(heads, kv, tp, fails, tiny_model, big_toy_data, tmp_path):
+    model = _model_with_heads(tiny_model, tmp_path / "model", heads, kv)
+    proc = _doctor_cli(["trainer=randopt", "hardware=gpu", "trainer.n_gpus_per_node=8",
+                        f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp}",
+                        f"reward.custom_reward_function.path={REWARD}",
+                        *_pointed([], model, big_toy_data, tmp_path / "run")])
+    fail_lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[FAIL]")]
+    if fails is None:
+        assert not any("tensor_model_parallel_size" in ln for ln in fail_lines), proc.stdout
+        return
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert any(f"tensor_model_parallel_size={tp}" in ln and fails in ln and "use one of" in ln
+               for ln in fail_lines), proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("trainer", ["randopt", "es"])
+def test_fsdp1_actor_is_refused_for_randopt_and_es(trainer, tiny_model, big_toy_data, tmp_path):
+    proc = _doctor_cli([f"trainer={trainer}", "hardware=gpu", "trainer.n_gpus_per_node=8",
+                        "actor_rollout_ref.actor.strategy=fsdp", f"reward.custom_reward_function.path={REWARD}",
+                        *_pointed([], tiny_model, big_toy_data, tmp_path)])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert any(ln.startswith("[FAIL]") and "set actor_rollout_ref.actor.strategy=fsdp2" in ln
+               for ln in proc.stdout.splitlines()), proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_hub_model_id_without_network_or_cache_exits_2_with_the_fix(big_toy_data, tmp_path):
+    """A hub id that is neither cached nor downloadable (offline here) fails the model line at once, before verl's
+    model config would try the network for a minute and end in a traceback."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))  # an empty cache
+    data = _pointed([], "Qwen/Qwen2.5-0.5B-Instruct", big_toy_data, tmp_path / "run")
+    proc = _doctor_cli(["trainer=randopt", "hardware=gpu", "trainer.n_gpus_per_node=8",
+                        f"reward.custom_reward_function.path={REWARD}", *data], env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("[FAIL] model folder"))
+    assert "actor_rollout_ref.model.path=Qwen/Qwen2.5-0.5B-Instruct" in line and "HF_HUB_OFFLINE is set" in line
+    assert "--local-dir DIR" in line and "actor_rollout_ref.model.path=DIR" in line
+
+
+def test_hub_model_id_unreachable_hub_fails_without_waiting(monkeypatch, tmp_path):
+    from randopt_verl import validate
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(validate, "_reachable", lambda url, timeout_s=5.0: False)
+    with pytest.raises(validate.ConfigError, match="cannot be reached from this machine"):
+        validate._check_hub_model("someone/not-cached-model-xyz")
+    monkeypatch.setattr(validate, "_reachable", lambda url, timeout_s=5.0: True)
+    validate._check_hub_model("someone/not-cached-model-xyz")  # online: verl downloads it
+
+
 def test_doctor_cli_exit_status_and_checklist(tiny_model, big_toy_data, tmp_path):
     base = [sys.executable, "-m", "randopt_verl.tools.cli", "doctor", "--config-only", "trainer=es", "hardware=gpu",
             "trainer.n_gpus_per_node=8", f"reward.custom_reward_function.path={REWARD}",
@@ -211,7 +287,8 @@ def test_install_checks_name_the_package_and_the_fix(tiny_model, big_toy_data, t
     assert randopt[flash].status == "skip"  # the randopt/es actor never runs a forward pass
     if find_spec("flash_attn") is None:
         assert grpo[flash].status == "fail"
-        assert "pip install -e '.[gpu]'" in grpo[flash].detail and "attn_implementation=sdpa" in grpo[flash].detail
+        assert "pip install --no-build-isolation flash-attn==2.8.3" in grpo[flash].detail
+        assert "attn_implementation=sdpa" in grpo[flash].detail
     if find_spec("vllm") is None:
         vllm = randopt["vLLM (rollout backend)"]
         assert vllm.status == "fail" and f"vllm=={preflight.verl_pin('vllm', 'vllm')}" in vllm.detail

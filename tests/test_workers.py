@@ -3,6 +3,8 @@ host thread share of the ES update, and the update itself on plain and offset sh
 
 from __future__ import annotations
 
+import os
+
 import numba
 import pytest
 import torch
@@ -70,14 +72,92 @@ def test_no_candidate_passes_the_stream_through():
     assert all(a[1] is b[1] for a, b in zip(out, items))
 
 
+def test_stream_travels_in_the_rollout_dtype_rounded_once():
+    """Every floating tensor leaves in bf16 (perturbed or not, tied alias included), integer tensors untouched; a
+    perturbed one is bitwise combined(...) in fp32 then rounded to bf16 once, which is what vLLM stores when it
+    receives the fp32 tensor and copies it into its bf16 weight."""
+    from randopt_verl.core.population import Merged, combined
+
+    model = Tied()
+    items = list(_stream(model)) + [("position_ids", torch.arange(5))]
+    aliases = tied_aliases(model)
+    for cand in (Candidate(0, 5, 1e-2), Merged(0, ((5, 1e-2), (9, -3e-3))), None):
+        got = dict(W.perturbed_weight_stream(iter(items), cand, ParamFilter(None, ["layer.bias"]), aliases,
+                                             torch.bfloat16))
+        assert got["position_ids"].dtype == torch.int64 and torch.equal(got["position_ids"], torch.arange(5))
+        for name, tensor in items[:-1]:
+            assert got[name].dtype == torch.bfloat16, name
+            canonical = aliases.get(name, name)
+            selected = cand is not None and canonical != "layer.bias"
+            fp32 = combined(tensor, cand.terms(), canonical) if selected else tensor
+            assert fp32.dtype == torch.float32
+            vllm_stores = torch.empty_like(tensor, dtype=torch.bfloat16).copy_(fp32)  # what vLLM's loader does
+            assert torch.equal(got[name].view(torch.int16), vllm_stores.view(torch.int16)), name
+        if cand is not None:  # perturbed once, handed out again
+            assert got["lm_head.weight"] is got["embed_tokens.weight"]
+
+
+def test_travel_dtype_follows_the_rollout():
+    from omegaconf import OmegaConf
+
+    assert W.travel_dtype(OmegaConf.create({"name": "vllm", "dtype": "bfloat16"})) == torch.bfloat16
+    assert W.travel_dtype(OmegaConf.create({"name": "vllm", "dtype": "float16"})) == torch.float16
+    assert W.travel_dtype(OmegaConf.create({"name": "vllm", "dtype": "auto"})) is None
+    # the hf server keeps an fp32 pristine copy of what arrives (its in-place candidates start from it)
+    assert W.travel_dtype(OmegaConf.create({"name": "hf", "dtype": "bfloat16"})) is None
+
+
 def test_host_threads_per_rank_divides_the_cores(monkeypatch):
     monkeypatch.setattr(W.os, "sched_getaffinity", lambda pid: set(range(16)))
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("RAY_LOCAL_WORLD_SIZE", "8")  # what verl's RayWorkerGroup sets; LOCAL_WORLD_SIZE it does not
     assert W.host_threads_per_rank() == 2
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    monkeypatch.setenv("RAY_LOCAL_WORLD_SIZE", "32")
     assert W.host_threads_per_rank() == 1
+    monkeypatch.delenv("RAY_LOCAL_WORLD_SIZE")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's, for a process verl did not start
+    assert W.host_threads_per_rank() == 4
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert W.host_threads_per_rank() == 16
+
+
+_RAY_WORKERS_CHILD = """
+import os
+os.environ["RAY_ADDRESS"] = "local"
+import ray
+from verl.single_controller.base import Worker
+from verl.single_controller.base.decorator import Dispatch, register
+from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+
+class Probe(Worker):
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def share(self):
+        import randopt_verl.workers as W
+        return len(os.sched_getaffinity(0)), W.host_threads_per_rank()
+
+ray.init(num_cpus=2, include_dashboard=False)
+pool = RayResourcePool(process_on_nodes=[2], use_gpu=False, max_colocate_count=1)
+wg = RayWorkerGroup(pool, RayClassWithInitArgs(cls=ray.remote(Probe)))
+print(wg.share())
+ray.shutdown()
+"""
+
+
+def test_verl_workers_on_one_host_split_its_cores():
+    """Two ranks that verl's RayWorkerGroup starts on one node get half the cores each (a fresh process: Ray)."""
+    import ast
+    import subprocess
+    import sys
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: every share is 1 with or without the split")
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_WORLD_SIZE", "RAY_LOCAL_WORLD_SIZE")}
+    out = subprocess.run([sys.executable, "-c", _RAY_WORKERS_CHILD], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    shares = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert len(shares) == 2
+    assert all(threads == max(1, cores // 2) for cores, threads in shares), shares
 
 
 _THREAD_SHARE_CHILD = """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bash recipes/countdown_qwen2.5-1.5b/grpo.sh     -- 8x NVIDIA GPU (80 GB), vLLM and flash-attn (the gpu extra)
+# bash recipes/countdown_qwen2.5-1.5b/grpo.sh     -- 8x NVIDIA GPU (80 GB), vLLM and flash-attn (README: Real use on GPUs)
 # verl's own GRPO on the same data, reward and validation. 100k rollouts = 390 steps of 32 prompts x 8 samples
 # (the ES paper reports its GRPO baseline at +21.3 points over base on average across its models).
 # verl stops after trainer.total_epochs even when total_training_steps asks for more: 200 prompts / 32 = 6 steps an

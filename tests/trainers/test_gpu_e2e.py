@@ -1,18 +1,23 @@
 """GPU end-to-end (verl special_e2e style): perturb-at-sync into vLLM changes what a replica generates and restores
 the base exactly, one small RandOpt search, one ES iteration. Needs a CUDA GPU and vLLM (pip install -e '.[gpu]');
 skipped cleanly otherwise. The configs these tests run are checked on every CPU run too: they must pass the
-project's and verl's validation (test_gpu_configs_pass_verl_validation)."""
+project's and verl's validation (test_gpu_configs_pass_verl_validation), and the ES one must move the weights on the
+hf backend (test_es_config_updates_on_cpu, `slow`), so that the GPU test's final assertion can hold."""
 
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
 
+from randopt_verl.core.es_update import es_update_
 from randopt_verl.core.population import Candidate
-from randopt_verl.core.rundir import Ledger, read_json
+from randopt_verl.core.rundir import Ledger, RunDir, read_json, read_jsonl
 from randopt_verl.inprocess import compose, trainer_session
+
+VARIED_REWARD = str(Path(__file__).resolve().parents[1] / "fixtures" / "varied_reward.py")
 
 
 
@@ -49,8 +54,28 @@ def _gpu(common, run_dir):
 
 RANDOPT = ["trainer=randopt", "randopt.population_size=2", "randopt.sigmas=[0.02]", "randopt.top_k=2",
            "randopt.ensemble_ks=[1,2]", "randopt.selection_size=8", "randopt.test_size=4", "randopt.controls.population=2"]
-ES = ["trainer=es", "es.population_size=2", "es.selection_size=4", "es.test_size=4", "trainer.total_training_steps=1",
-      "trainer.save_freq=-1", "trainer.val_before_train=false"]
+# ES's update is (alpha/N)·Σ z_n ε_n with z the members' z-scored rewards: with toy_reward the tiny random model writes
+# no digit, every member scores 0, z is all zero and the update exactly 0. varied_reward scores any text, and
+# sigma=0.05 makes the two members answer differently, so z = ±1.
+ES = ["trainer=es", "es.population_size=2", "es.sigma=0.05", "es.selection_size=4", "es.test_size=4",
+      "trainer.total_training_steps=1", "trainer.save_freq=-1", "trainer.val_before_train=false"]
+
+
+def _varied(args: list[str]) -> list[str]:
+    return [f"reward.custom_reward_function.path={VARIED_REWARD}" if a.startswith("reward.custom_reward_function.path=")
+            else a for a in args]
+
+
+def _assert_es_update_landed(run_dir, base: dict, after: dict) -> None:
+    """The members scored differently, and the weights moved by exactly the recorded update."""
+    its = read_jsonl(RunDir(run_dir).es_iterations_path)
+    assert len(its) == 1, its
+    it = its[0]
+    assert any(z != 0 for z in it["z"]), f"every member scored alike (z = {it['z']}): the update is zero"
+    for n in base:
+        expected = es_update_(base[n].clone(), n, it["seeds"], it["z"], it["alpha"])
+        torch.testing.assert_close(after[n], expected, rtol=0, atol=1e-7)
+    assert any(not torch.equal(base[n], after[n]) for n in base)
 
 
 @pytest.mark.parametrize("method", [RANDOPT, ES], ids=["randopt", "es"])
@@ -62,7 +87,8 @@ def test_gpu_configs_pass_verl_validation(common, tmp_path, method):
 
     from randopt_verl import preflight
 
-    config = preflight.compose(_gpu(common, tmp_path) + method)
+    args = _gpu(common, tmp_path)
+    config = preflight.compose((_varied(args) if method is ES else args) + method)  # as the tests below compose
     failed = [r.line() for r in preflight.config_report(config, call_reward=False) if r.status == "fail"]
     assert not failed, failed
     assert config.actor_rollout_ref.rollout.name == "vllm"
@@ -103,7 +129,7 @@ def test_randopt_one_gpu_vllm(common, tmp_path):
 def test_es_one_gpu_vllm(common, tmp_path):
     from randopt_verl.trainers.harness import greedy
 
-    config = compose(_gpu(common, tmp_path) + ES)
+    config = compose(_varied(_gpu(common, tmp_path)) + ES)
     with trainer_session(config) as trainer:
         base = trainer.actor_rollout_wg.named_weights()[0]
         sel = trainer.prompts(trainer.train_dataset, 4)
@@ -114,4 +140,16 @@ def test_es_one_gpu_vllm(common, tmp_path):
         assert _tokens(trainer, sel.ids, sampling) != base_out, "an ES member equalled the base on vLLM"
         trainer.fit(None)
         after = trainer.actor_rollout_wg.named_weights()[0]
-    assert any(not torch.equal(base[n], after[n]) for n in base)
+    _assert_es_update_landed(tmp_path, base, after)
+
+
+@pytest.mark.slow
+def test_es_config_updates_on_cpu(common, tmp_path):
+    """The GPU ES test's settings (population, sigma, reward, tiny model) on the hf backend: z is not all zero and
+    the weights move by the recorded update. With toy_reward and the default sigma every member scored 0 here too."""
+    config = compose(_varied(common(tmp_path, n_ranks=1)) + ES)
+    with trainer_session(config) as trainer:
+        base = trainer.actor_rollout_wg.named_weights()[0]
+        trainer.fit(None)
+        after = trainer.actor_rollout_wg.named_weights()[0]
+    _assert_es_update_landed(tmp_path, base, after)
