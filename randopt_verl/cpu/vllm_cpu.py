@@ -193,6 +193,16 @@ def reprocess_tied(model) -> int:
     return n
 
 
+# layers a reload leaves as they were on purpose, whose "Failed to load weights" warning vLLM would print at every sync:
+# the rotary cache (a buffer no checkpoint carries) and a tied head (its weight is the embedding's; `reprocess_tied`)
+_EXPECTED_UNLOADED = ("RotaryEmbedding", "ParallelLMHead")
+
+
+def _expected_unloaded(record: logging.LogRecord) -> bool:
+    """False (drop) for vLLM's per-sync warning about the layers above; every other record passes."""
+    return not (record.msg == "%s: Failed to load weights" and record.args and record.args[0] in _EXPECTED_UNLOADED)
+
+
 def _extension() -> type:
     from verl.workers.rollout.vllm_rollout.utils import vLLMColocateWorkerExtension
 
@@ -213,6 +223,9 @@ def _extension() -> type:
             if self._is_qat_model or self._is_modelopt_qat:
                 raise ValueError("the CPU vLLM rollout does not reload quantized (QAT) models")
             models = list(self._iter_all_models_with_config())
+            reload_log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+            if _expected_unloaded not in reload_log.filters:
+                reload_log.addFilter(_expected_unloaded)
             for model, _ in models:
                 initialize_layerwise_reload(model)
             receiver = BucketedWeightReceiver(zmq_handle=self._get_zmq_handle(), device=torch.device("cpu"),

@@ -118,3 +118,15 @@ def test_doctor_names_the_missing_cpu_build(monkeypatch, tiny_model, toy_data, t
     monkeypatch.setattr(vllm_cpu, "installed_vllm", lambda: ("vllm", "0.24.0"))
     (vllm,) = [r for r in preflight.install_report(config) if r.name.startswith("vLLM")]
     assert vllm.status == "fail" and "GPU build" in vllm.line()
+
+
+def test_only_the_expected_unloaded_layers_are_kept_quiet():
+    import logging
+
+    def record(msg, *args):
+        return logging.LogRecord("vllm", logging.WARNING, __file__, 1, msg, args, None)
+
+    assert not vllm_cpu._expected_unloaded(record("%s: Failed to load weights", "ParallelLMHead"))
+    assert not vllm_cpu._expected_unloaded(record("%s: Failed to load weights", "RotaryEmbedding"))
+    assert vllm_cpu._expected_unloaded(record("%s: Failed to load weights", "QKVParallelLinear"))
+    assert vllm_cpu._expected_unloaded(record("something else %s", "ParallelLMHead"))
