@@ -101,6 +101,7 @@ def test_hardware_cpu_composes_a_valid_vllm_rollout(tiny_model, toy_data, tmp_pa
     rollout = config.actor_rollout_ref.rollout
     assert (rollout.enable_sleep_mode, rollout.free_cache_engine, rollout.enforce_eager) == (False, False, True)
     assert 0 < rollout.gpu_memory_utilization <= 0.2
+    assert rollout.engine_kwargs.vllm.kv_cache_memory_bytes == 1 << 30  # not a share of whatever memory is free
     failed = [r.line() for r in preflight.config_report(config, call_reward=False) if r.status == "fail"]
     assert not failed, failed
 
