@@ -143,8 +143,17 @@ def results_table(results: Mapping[str, Any]) -> str:
         rho = _finite(diag.get("selection_test_spearman"))
         head.append([f"Spearman rho, selection score vs test accuracy ({diag.get('n_tested')} tested candidates)",
                      "-" if rho is None else f"{rho:+.2f}"])
-    for key, label in (("n_candidates", "candidates searched (N)"), ("n_selection", "selection prompts"),
-                       ("n_test", "test prompts")):
+    sel = results.get("selection") or {}
+    if sel.get("strategy") == "halving":  # N is the population; n_candidates counts the survivors' full rows
+        head.append(["candidates searched (N)", str(sel.get("n_candidates"))])
+        head.append([f"stopped early by halving (partial scores, never in the top-K; blocks of "
+                     f"{(sel.get('rule') or {}).get('block_size')} prompts)", str(sel.get("n_stopped"))])
+        head.append(["search rollouts, halving / full (N x selection prompts)",
+                     f"{count(sel.get('rollouts'))} / {count(sel.get('full_rollouts'))} "
+                     f"({pct(sel.get('rollouts_ratio'))}; saved {count(sel.get('rollouts_saved'))})"])
+    labels = (("n_candidates", "candidates scored on the whole selection set" if sel.get("strategy") == "halving"
+               else "candidates searched (N)"), ("n_selection", "selection prompts"), ("n_test", "test prompts"))
+    for key, label in labels:
         if key in results:
             head.append([label, str(results[key])])
     parts.append(markdown(["metric", "value (95% CI)"], head))

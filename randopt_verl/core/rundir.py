@@ -8,6 +8,9 @@ run::
     ledger.jsonl       RandOpt: one row per finished selection-set evaluation (index -1: the base model)
     test_ledger.jsonl  RandOpt: one row per finished test-set evaluation (base, experts, control population,
                        base self-consistency samples)
+    selection_blocks.jsonl  RandOpt with randopt.selection.strategy=halving: one row per (candidate, block of the
+                       selection set) answered (index: `randopt_verl.core.halving.block_row_index`); the race is
+                       replayed from it, and only survivors' joined rows enter ledger.jsonl
     topk.json          RandOpt: the selected top-K (atomic rewrite)
     results.json       RandOpt: the final results (atomic rewrite; schema in `randopt_verl.core.vote`)
     metrics.jsonl      every method: one {"step", "data"} row per logged step (verl's file-logger format), with
@@ -120,6 +123,7 @@ log = logging.getLogger(__name__)
 MANIFEST_FORMAT = "randopt_verl.core.rundir/2"
 MANIFEST = "manifest.json"
 LEDGER = "ledger.jsonl"
+SELECTION_BLOCKS = "selection_blocks.jsonl"
 TEST_LEDGER = "test_ledger.jsonl"
 TOPK = "topk.json"
 RESULTS = "results.json"
@@ -637,6 +641,7 @@ class RunDir:
         self.path = Path(path)
         self.manifest = manifest
         self.ledger = Ledger(self.path / LEDGER)
+        self.selection_blocks = Ledger(self.path / SELECTION_BLOCKS)
         self.test_ledger = Ledger(self.path / TEST_LEDGER)
         self.consolidation_ledger = Ledger(self.path / CONSOLIDATION_LEDGER)
         self.consolidation_test_ledger = Ledger(self.path / CONSOLIDATION_TEST_LEDGER)
@@ -703,6 +708,7 @@ class RunDir:
         run = cls(path)
         if not run.manifest_path.exists():
             if any(p.exists() and p.stat().st_size > 0 for p in (run.ledger.path, run.test_ledger.path,
+                                                                   run.selection_blocks.path,
                                                                    run.es_iterations_path)):
                 raise ValueError(
                     f"{path} has a ledger but no {MANIFEST}: cannot tell what run it belongs to. "
@@ -789,5 +795,6 @@ class RunDir:
         return read_json(self.config_path) if self.config_path.exists() else None
 
     def close(self) -> None:
-        for ledger in (self.ledger, self.test_ledger, self.consolidation_ledger, self.consolidation_test_ledger):
+        for ledger in (self.ledger, self.selection_blocks, self.test_ledger, self.consolidation_ledger,
+                       self.consolidation_test_ledger):
             ledger.close()

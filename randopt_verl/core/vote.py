@@ -67,7 +67,7 @@ same test prompts (`stats.paired_bootstrap`). Intervals, ``paired`` and ``diagno
 
     {
       "schema_version": 1,
-      "n_candidates": int,                 # candidates scored on the selection set
+      "n_candidates": int,                 # candidates scored on the whole selection set (halving: survivors)
       "n_selection": int, "n_test": int,   # prompts
       "base": {"test_acc": float,          # base model, greedy, on the test set
                "ci95": [lo, hi],
@@ -106,6 +106,14 @@ same test prompts (`stats.paired_bootstrap`). Intervals, ``paired`` and ``diagno
           "selection_cost": {"rollouts", "tokens", "wall_s"},  # scoring the merged models on the selection set
           "shuffled_control_test_acc": float, "shuffled_control_ci95": [lo, hi], "shuffled_control_scale": float,
           "shuffled_control_selection_score": float, "shuffled_control_selection_score_by_scale": {"<s>": float}},
+      "selection": {"strategy": "full", "n_candidates": N, "rollouts": N x selection prompts}    # or, halving:
+                   {"strategy": "halving", "rule": {"k", "z", "margin", "min_prompts", "block_size", "n_blocks"},
+                    "n_candidates": N, "n_survivors": int, "n_stopped": int,   # survivors: the full-data rows
+                    "stopped": [{"index", "after_block", "n_prompts", "score_so_far", "vs_index",
+                                 "paired_diff", "upper_bound"}, ...],          # partial scores; never in the top-K
+                    "rollouts": int, "tokens": int,            # candidates' block rows (the base row apart)
+                    "full_rollouts": N x selection prompts, "rollouts_saved": int, "rollouts_ratio": float,
+                    "note": str},                              # (randopt_verl.core.halving.summary)
       "cost":      {"rollouts": int, "tokens": int, "wall_s": float},  # the search (see ARCHITECTURE, cost)
       "test_cost": {"rollouts": int, "tokens": int, "wall_s": float},  # test answers and controls
       "base_sampling_temperature": float                               # when base_maj_at_k is present

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Optional
 from omegaconf import OmegaConf
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 
-from randopt_verl.core import diagnostics, noise, vote
+from randopt_verl.core import diagnostics, halving, noise, vote
 from randopt_verl.core.population import Candidate, ParamFilter, sample_population
 from randopt_verl.core.rundir import (BASE, Ledger, RunDir, base_sample_index, base_sample_number, fingerprint_files,
                                       hash_rows, model_files, verify_rows)
@@ -49,8 +49,10 @@ class RandOptTrainer(SearchTrainer):
         run = self._open_run(selection, test, param_filter)
         population = sample_population(int(ro.seed), int(ro.population_size), list(ro.sigmas))
         verify_rows(run.finished().values(), [(c.seed, c.sigma) for c in population])
-        # what a resumed run spent before the restart: every ledger row carries its share
-        self.cost, self.test_cost = Cost.of_rows(run.ledger.read().rows), Cost.of_rows(run.test_ledger.read().rows)
+        # what a resumed run spent before the restart: every ledger row carries its share (a halving survivor's
+        # joined row repeats its block rows' share, so the block rows are counted instead)
+        search_rows = [r for r in run.ledger.read().rows if not r.get("from_blocks")] + run.selection_blocks.read().rows
+        self.cost, self.test_cost = Cost.of_rows(search_rows), Cost.of_rows(run.test_ledger.read().rows)
         self.open_log(run, "randopt")
         print(f"randopt: run directory {run.path}: {len(run.finished())}/{len(population)} candidates already scored")
         self.use(param_filter, ro.perturb_at)  # base weights into every replica
@@ -61,15 +63,22 @@ class RandOptTrainer(SearchTrainer):
                               .row(BASE, None))
         base_row = run.ledger.read().by_index[BASE]
 
-        # 4. the search: R candidates at a time, one per replica; each row on disk before the next chunk
+        # 4. the search: R candidates at a time, one per replica; each row on disk before the next chunk. full: every
+        #    candidate answers the whole selection set; halving: a race over blocks of it (core/halving.py) whose
+        #    survivors' joined rows enter the ledger, so what follows ranks full-data rows only
         def progress():
             done = run.finished()
             self.global_steps = len(done)
             self.log({"randopt/best_selection_score": vote.rank(done.values())[0]["score"],
                       "randopt/base_selection_score": base_row["score"], "randopt/candidates_done": len(done)})
 
-        self._answer(run.ledger, {c.index: c for c in population}, selection, lambda i: greedy(self.response_length),
-                     self.cost, "randopt candidates", progress)
+        if ro.selection.strategy == "halving":
+            selection_summary = self._race(run, population, selection)
+        else:
+            self._answer(run.ledger, {c.index: c for c in population}, selection,
+                         lambda i: greedy(self.response_length), self.cost, "randopt candidates", progress)
+            selection_summary = {"strategy": "full", "n_candidates": len(population),
+                                 "rollouts": len(population) * len(selection)}
 
         # 5. top-K by selection score (ties: lower index) -> topk.json
         rows = [r for i, r in run.finished().items() if i < len(population)]
@@ -99,6 +108,7 @@ class RandOptTrainer(SearchTrainer):
         # 8. votes, controls, intervals, diagnostics -> results.json, tracking, plots (the tools render the tables)
         results = self._results(rows, ranked, base_row, run.test_ledger.read().by_index, ks,
                                 population[:n_control], n_samples)
+        results["selection"] = selection_summary
         diagnostics.annotate(results, run.test_ledger.read().by_index, run.ledger.read().by_index,
                              [c.index for c in population[:n_control]],
                              consolidate.results_block(merged) if merged else None,
@@ -114,6 +124,50 @@ class RandOptTrainer(SearchTrainer):
         run.close()
 
     # -- steps --------------------------------------------------------------------------------------------
+    def _race(self, run: RunDir, population: list[Candidate], selection: PromptSet) -> dict[str, Any]:
+        """`randopt.selection.strategy=halving`: the race of core/halving.py. Each round replays the race from the
+        block ledger (so a resumed run takes the same decisions), and the racing candidates without a row for the
+        next block answer it, R at a time; each block row is on disk before the next chunk. When the race is over,
+        each survivor's block rows joined into one full selection-set row go into the ledger. Returns results.json's
+        ``selection`` block."""
+        ro = self.config.randopt
+        blocks = selection.blocks(int(ro.selection.block_size))
+        rule = halving.Rule(int(ro.top_k), float(ro.selection.z), float(ro.selection.margin),
+                            int(ro.selection.min_prompts))
+        cands = {c.index: c for c in population}
+        while True:
+            rows = self._block_rows(run, cands, len(blocks))
+            state = halving.race({key: r["scores"] for key, r in rows.items()}, list(cands), len(blocks), rule)
+            if state.finished:
+                break
+            b = state.next_block
+            self.global_steps = len(rows)
+            self.log({"randopt/selection_block": b, "randopt/candidates_racing": len(state.active),
+                      "randopt/candidates_stopped": len(state.stopped)})
+            self._answer(run.selection_blocks,
+                         {halving.block_row_index(i, b, len(blocks)): cands[i] for i in state.todo}, blocks[b],
+                         lambda i: greedy(self.response_length), self.cost,
+                         f"randopt block {b + 1}/{len(blocks)} ({len(state.active)} racing)")
+        scored = run.ledger.read().by_index
+        for i in state.survivors:
+            if i not in scored:
+                run.ledger.append(halving.join_rows(i, [rows[(i, b)] for b in range(len(blocks))]))
+        return halving.summary(state, rule, n_candidates=len(population), n_selection=len(selection),
+                               block_size=int(ro.selection.block_size), n_blocks=len(blocks),
+                               block_rows=list(rows.values()))
+
+    @staticmethod
+    def _block_rows(run: RunDir, cands: Mapping[int, Candidate], n_blocks: int) -> dict[tuple[int, int], dict]:
+        """The block ledger's rows of this population by (candidate, block), checked against its (seed, sigma)."""
+        out = {}
+        for r in run.selection_blocks.read().rows:
+            i, b = halving.split_block_row_index(r["index"], n_blocks)
+            if i in cands:
+                out[(i, b)] = r
+        verify_rows([r for r in out.values()],
+                    {r["index"]: (cands[i].seed, cands[i].sigma) for (i, _), r in out.items()})
+        return out
+
     def _open_run(self, selection: PromptSet, test: PromptSet, param_filter: ParamFilter) -> RunDir:
         """The run directory with this search's identity (what defines the candidates and their scores) and its
         test identity (what defines the test answers)."""
@@ -124,6 +178,9 @@ class RandOptTrainer(SearchTrainer):
             "selection_set_hash": hash_rows(selection.identity()),
             "search": {"population_seed": int(ro.seed), "sigmas": [float(s) for s in ro.sigmas],
                        "param_filter": param_filter.to_dict(),
+                       # halving decides who answers which prompts (a full run's identity stays as it was)
+                       **({"selection": OmegaConf.to_container(ro.selection, resolve=True)}
+                          if ro.selection.strategy != "full" else {}),
                        "generation": greedy(self.response_length).identity(),
                        "reward": OmegaConf.to_container(self.config.reward.custom_reward_function, resolve=True)},
             "rollout": self.rollout_identity(),

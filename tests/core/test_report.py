@@ -73,3 +73,17 @@ def test_results_table_renders_every_row_from_json():
 def test_results_table_with_only_base():
     text = results_table({"base": {"test_acc": 0.5}})
     assert "50.0%" in text and "best single expert" in text and "rollouts" in text
+
+
+def test_results_table_says_what_halving_stopped_and_saved():
+    results = {"base": {"test_acc": 0.5}, "n_candidates": 7, "n_selection": 64,
+               "selection": {"strategy": "halving", "rule": {"block_size": 16}, "n_candidates": 24, "n_stopped": 17,
+                             "n_survivors": 7, "rollouts": 700, "full_rollouts": 1536, "rollouts_saved": 836,
+                             "rollouts_ratio": 700 / 1536}}
+    text = results_table(results)
+    for needle in ["| candidates searched (N)", "| 24 ", "stopped early by halving", "| 17 ", "700 / 1.54k (45.6%; "
+                   "saved 836)", "| candidates scored on the whole selection set", "| 7 "]:
+        assert needle in text, needle
+    # a full search keeps its one row for N
+    full = results_table({"base": {"test_acc": 0.5}, "n_candidates": 24, "selection": {"strategy": "full"}})
+    assert "candidates searched (N)" in full and "halving" not in full

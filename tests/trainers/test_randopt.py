@@ -288,3 +288,77 @@ def test_sigkill_then_resume_with_verls_entry_point(common, tmp_path_factory, se
     assert (run_dir / "results.json").exists()
     # the same scores for the same candidates as the uninterrupted 5-candidate run
     assert {i: resumed[i] for i in range(-1, 5)} == _ledger(searches["r1"]["run_dir"] / "ledger.jsonl")
+
+
+# randopt.selection.strategy=halving: blocks of 2 of the 8 selection prompts, a decision after each block from the
+# first on, and z = 0 (a candidate stops once its mean paired difference to the current K-th is below 0), so the
+# varied reward's scores stop candidates on the tiny model
+HALVING = ["randopt.selection.strategy=halving", "randopt.selection.block_size=2", "randopt.selection.min_prompts=2",
+           "randopt.selection.z=0.0"]
+
+
+def test_halving_killed_and_resumed_equals_uninterrupted_on_another_replica_count(common, tmp_path_factory):
+    from randopt_verl.core import halving
+
+    n = 120  # as in the full search's kill test: large enough that the kill lands inside the race
+    args = lambda run_dir, ranks: (SEARCH + HALVING + _args(common, run_dir, ranks)  # noqa: E731
+                                   + ["randopt.plots=false", f"randopt.population_size={n}"])
+    # uninterrupted, 2 replicas, in process
+    whole = tmp_path_factory.mktemp("ro_halving")
+    with trainer_session(compose(args(whole, 2))) as trainer:
+        trainer.fit(None)
+    # 1 replica, SIGKILLed mid-race, then finished by verl's own entry point
+    killed = tmp_path_factory.mktemp("ro_halving_kill")
+    env = dict(os.environ, RANDOPT_VERL_ROLLOUT_THREADS="1", RAY_ADDRESS="local")
+    blocks = killed / "selection_blocks.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "randopt_verl.main", *args(killed, 1)], env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            if blocks.exists() and blocks.read_text().count("\n") >= 2:
+                break
+            time.sleep(0.05)
+            assert proc.poll() is None, "the search exited before it could be killed"
+        else:
+            pytest.fail("no block rows within 400 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert _gone(proc.pid), "processes of the killed run survived their process group's SIGKILL"
+    killed_at = len(_ledger(blocks))
+    assert 2 <= killed_at < len(_ledger(whole / "selection_blocks.jsonl")), "the kill did not land inside the race"
+    assert not (killed / "topk.json").exists()
+    done = subprocess.run(
+        [sys.executable, "-m", "verl.trainer.main_ppo", "--config-name", "randopt_ppo", *args(killed, 1)],
+        env=dict(env, RAY_AUTH_MODE="disabled", WANDB_MODE="disabled"), capture_output=True, text=True,
+        timeout=600, start_new_session=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # resumed == uninterrupted: the same block rows, the same decisions, the same survivors' rows and top-K
+    assert _ledger(blocks) == _ledger(whole / "selection_blocks.jsonl")
+    assert _ledger(killed / "ledger.jsonl") == _ledger(whole / "ledger.jsonl")
+    assert _topk(killed) == _topk(whole)
+    a, b = read_json(killed / "results.json"), read_json(whole / "results.json")
+    assert a["selection"] == b["selection"] and a["maj_at_k"] == b["maj_at_k"]
+
+    # what the race did: some stopped, every stop after a block other than the last, and no stopped candidate in
+    # the top-K; the ledger holds the base and the survivors' full selection-set rows only
+    sel = b["selection"]
+    stopped = {s["index"] for s in sel["stopped"]}
+    assert sel["strategy"] == "halving" and stopped and sel["n_stopped"] == len(stopped)
+    assert all(s["after_block"] < 3 and s["paired_diff"] < 0 for s in sel["stopped"])
+    rows = Ledger(whole / "ledger.jsonl").read().by_index
+    survivors = sorted(i for i in rows if i >= 0)
+    assert survivors and not stopped & set(survivors) and len(survivors) + len(stopped) == n
+    assert all(rows[i]["n"] == 8 and rows[i]["from_blocks"] == 4 for i in survivors)
+    assert not stopped & {i for i, _ in _topk(whole)}
+    assert [i for i, _ in _topk(whole)] == sorted(survivors, key=lambda i: (-rows[i]["score"], i))[:2]
+    # each block row is one candidate on one block of 2 prompts; the search's cost is the base row and the block rows
+    block_rows = Ledger(whole / "selection_blocks.jsonl").read().rows
+    assert all(r["n"] == 2 for r in block_rows)
+    assert {halving.split_block_row_index(r["index"], 4)[0] for r in block_rows} == set(range(n))
+    assert sel["rollouts"] == 2 * len(block_rows) and b["cost"]["rollouts"] == 8 + sel["rollouts"]
+    assert sel["full_rollouts"] == n * 8 and sel["rollouts_saved"] == n * 8 - sel["rollouts"] > 0
+    assert a["cost"]["rollouts"] == b["cost"]["rollouts"] and a["cost"]["tokens"] == b["cost"]["tokens"]
