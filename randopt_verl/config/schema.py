@@ -168,6 +168,13 @@ class RandOptConfig(BaseConfig):
     consolidate: ConsolidateConfig = doc(text="one model out of the experts (randopt-verl consolidate)",
                                          factory=ConsolidateConfig)
     plots: bool = doc(True, "draw the density and maj@k plots into the run directory when the search ends")
+    sigma_choice: str = doc("mixed", "mixed: the top-K over every sigma (the paper's); dev: also choose one sigma "
+                                     "on a dev split held out of the selection data (the last dev_size rows; the "
+                                     "search uses the rows before it) and report its top-K beside the mixed one")
+    dev_size: int = doc(32, "sigma_choice=dev: selection rows held out as the dev split (never the test set)")
+    accuracy_vs_n: bool = doc(False, "also report the top-k votes at N/8, N/4, N/2 and N read from prefixes of "
+                                     "this run's ledger (full selection only); the extra experts' test answers "
+                                     "count in test_cost")
 
     def __post_init__(self):
         n = _positive_int(self.population_size, "randopt.population_size")
@@ -193,6 +200,20 @@ class RandOptConfig(BaseConfig):
             raise ConfigError(f"randopt.selection.block_size={sel.block_size} must be below "
                               f"randopt.selection_size={self.selection_size} for halving to stop anyone early "
                               f"(e.g. randopt.selection.block_size={max(1, self.selection_size // 8)})")
+        if self.sigma_choice not in ("mixed", "dev"):
+            raise ConfigError(f"randopt.sigma_choice={self.sigma_choice!r}: use mixed or dev")
+        _positive_int(self.dev_size, "randopt.dev_size")
+        if self.sigma_choice == "dev":
+            if len(set(self.sigmas)) < 2:
+                raise ConfigError("randopt.sigma_choice=dev chooses among randopt.sigmas, which has one value: list "
+                                  "several (e.g. randopt.sigmas=[0.001,0.002]) or set randopt.sigma_choice=mixed")
+            if self.selection_size is not None and self.dev_size >= self.selection_size:
+                raise ConfigError(f"randopt.dev_size={self.dev_size} leaves no selection rows of "
+                                  f"randopt.selection_size={self.selection_size} for the search: keep dev_size below "
+                                  f"it (e.g. randopt.dev_size={max(1, self.selection_size // 4)})")
+        if self.accuracy_vs_n and sel.strategy != "full":
+            raise ConfigError("randopt.accuracy_vs_n=true needs randopt.selection.strategy=full: a race's stops depend "
+                              "on the whole population, so its ledger's prefixes are not smaller searches")
         if self.perturb_at not in ("auto", "server", "sync"):
             raise ConfigError(f"randopt.perturb_at={self.perturb_at!r}: use auto, server or sync")
         self.param_filter.check("randopt.param_filter")

@@ -161,7 +161,7 @@ def summary(run_dir: Path) -> str:
     """The results table of the finished run (intervals and paired differences included) and where its plots are."""
     run = RunDir(run_dir)
     lines = [report.results_table(run.results())]
-    lines += [f"plot: {png}" for png in run.plot_paths if png.exists()]
+    lines += [f"plot: {png}" for png in (*run.plot_paths, run.accuracy_vs_n_plot_path) if png.exists()]
     return "\n".join(lines)
 
 
