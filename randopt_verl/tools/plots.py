@@ -93,7 +93,9 @@ def draw(run_dir: str | Path) -> list[Path]:
         for k in sorted(int(k) for k in curve["by_n"][str(ns[-1])]["maj_at_k"]):
             acc = [curve["by_n"][str(n)]["maj_at_k"][str(k)] for n in ns]
             ci = [curve["by_n"][str(n)]["maj_at_k_ci95"][str(k)] for n in ns]
-            ax.errorbar(ns, acc, yerr=[[a - c[0] for a, c in zip(acc, ci)], [c[1] - a for a, c in zip(acc, ci)]],
+            # Wilson's bounds can sit a rounding error inside an accuracy of 0 or 1: no negative bar
+            ax.errorbar(ns, acc, yerr=[[max(0.0, a - c[0]) for a, c in zip(acc, ci)],
+                                       [max(0.0, c[1] - a) for a, c in zip(acc, ci)]],
                         fmt="o-", capsize=3, label=f"top-{k} vote (95% interval)")
         ax.axhline(res["base"]["test_acc"], color="black", linestyle="--", label="base (greedy)")
         ax.set_xscale("log", base=2)
