@@ -54,13 +54,25 @@ def test_valid_configs_compose_for_all_three_trainers(base):
     ("randopt.param_filter.include=['(']", "not a valid regex"),
     ("randopt.controls.population=4", "smaller than max(randopt.ensemble_ks)"),
     ("randopt.seed=-1", "integer >= 0"),
+    ("randopt.selection.strategy=race", "randopt.selection.strategy='race': use full or halving"),
+    ("randopt.selection.block_size=0", "randopt.selection.block_size=0 must be a positive integer"),
+    ("randopt.selection.z=-1", "randopt.selection.z=-1.0 must be >= 0"),
+    ("+randopt.selection.blocksize=8", "unknown key randopt.selection.blocksize (did you mean "
+                                       "randopt.selection.block_size?)"),
+    ("randopt.sigma_choice=best", "randopt.sigma_choice='best': use mixed or dev"),
+    ("randopt.sigma_choice=dev randopt.sigmas=[0.001]", "randopt.sigma_choice=dev chooses among randopt.sigmas"),
+    ("randopt.sigma_choice=dev randopt.dev_size=200", "randopt.dev_size=200 leaves no selection rows"),
+    ("randopt.accuracy_vs_n=true randopt.selection.strategy=halving",
+     "randopt.accuracy_vs_n=true needs randopt.selection.strategy=full"),
+    ("randopt.selection.strategy=halving randopt.selection.block_size=200",
+     "randopt.selection.block_size=200 must be below randopt.selection_size=200"),
     ("+actor_rollout_ref.rollout.engine_kwargs.hf.batch=3", "engine_kwargs.hf has unknown key(s) ['batch']"),
     ("reward_guard.timeout_s=-1", "reward_guard.timeout_s must be a number of seconds > 0"),
     ("reward_guard.processes=0", "reward_guard.processes must be an integer >= 1"),
 ])
 def test_randopt_key_errors(base, override, message):
     with pytest.raises(ConfigError) as err:
-        compose(base + ["trainer=randopt", override])
+        compose(base + ["trainer=randopt", *override.split(" ")])
     assert message in str(err.value)
     assert "\n" not in str(err.value)  # one line
 

@@ -22,7 +22,7 @@ from verl.base_config import BaseConfig
 
 from randopt_verl.config.errors import ConfigError, closest
 
-__all__ = ["ConfigError", "ConsolidateConfig", "ControlsConfig", "ESConfig", "ParamFilterConfig", "RandOptConfig", "typed"]
+__all__ = ["ConfigError", "ConsolidateConfig", "ControlsConfig", "ESConfig", "ParamFilterConfig", "RandOptConfig", "SelectionConfig", "typed"]
 
 
 def doc(default: Any = None, text: str = "", *, factory=None):
@@ -119,6 +119,30 @@ class ConsolidateConfig(BaseConfig):
 
 
 @dataclass
+class SelectionConfig(BaseConfig):
+    """How the candidates are scored on the selection set (randopt_verl/core/halving.py for the halving rule)."""
+
+    strategy: str = doc("full", "full (every candidate answers the whole selection set) or halving (a race over "
+                                "blocks: candidates clearly behind the current K-th stop early)")
+    block_size: int = doc(16, "halving: prompts per block; every racing candidate answers the same next block")
+    min_prompts: int = doc(32, "halving: no candidate stops before everyone racing has answered this many prompts")
+    z: float = doc(1.645, "halving: stop when (paired mean difference to the current K-th) + z * its standard "
+                          "error < -margin (1.645: a one-sided 95% bound)")
+    margin: float = doc(0.0, "halving: how far below the K-th (in reward units) the bound must be to stop")
+
+    def __post_init__(self):
+        if self.strategy not in ("full", "halving"):
+            raise ConfigError(f"randopt.selection.strategy={self.strategy!r}: use full or halving")
+        _positive_int(self.block_size, "randopt.selection.block_size")
+        if self.min_prompts < 0:
+            raise ConfigError(f"randopt.selection.min_prompts={self.min_prompts!r} must be an integer >= 0")
+        if not self.z >= 0:
+            raise ConfigError(f"randopt.selection.z={self.z!r} must be >= 0 (1.645: a one-sided 95% bound)")
+        if not self.margin >= 0:
+            raise ConfigError(f"randopt.selection.margin={self.margin!r} must be >= 0")
+
+
+@dataclass
 class RandOptConfig(BaseConfig):
     """`trainer=randopt`: N seeded perturbations scored on the selection set, the top K voted on the test set."""
 
@@ -137,11 +161,20 @@ class RandOptConfig(BaseConfig):
     perturb_at: str = doc("auto", "weights into replicas: server (hf backend, in place), sync (perturb the FSDP "
                                   "weight stream: the vLLM path), auto (server for hf, sync otherwise)")
     param_filter: ParamFilterConfig = doc(text="which parameters are perturbed", factory=ParamFilterConfig)
+    selection: SelectionConfig = doc(text="how candidates are scored on the selection set (full or halving)",
+                                     factory=SelectionConfig)
     controls: ControlsConfig = doc(text="controls reported next to every selected top-k vote",
                                    factory=ControlsConfig)
     consolidate: ConsolidateConfig = doc(text="one model out of the experts (randopt-verl consolidate)",
                                          factory=ConsolidateConfig)
     plots: bool = doc(True, "draw the density and maj@k plots into the run directory when the search ends")
+    sigma_choice: str = doc("mixed", "mixed: the top-K over every sigma (the paper's); dev: also choose one sigma "
+                                     "on a dev split held out of the selection data (the last dev_size rows; the "
+                                     "search uses the rows before it) and report its top-K beside the mixed one")
+    dev_size: int = doc(32, "sigma_choice=dev: selection rows held out as the dev split (never the test set)")
+    accuracy_vs_n: bool = doc(False, "also report the top-k votes at N/8, N/4, N/2 and N read from prefixes of "
+                                     "this run's ledger (full selection only); the extra experts' test answers "
+                                     "count in test_cost")
 
     def __post_init__(self):
         n = _positive_int(self.population_size, "randopt.population_size")
@@ -162,6 +195,25 @@ class RandOptConfig(BaseConfig):
                 raise ConfigError(f"randopt.ensemble_ks has {kk} > randopt.top_k={k}: every maj@k needs k <= K")
         _optional_size(self.selection_size, "randopt.selection_size")
         _optional_size(self.test_size, "randopt.test_size")
+        sel = self.selection
+        if sel.strategy == "halving" and self.selection_size is not None and sel.block_size >= self.selection_size:
+            raise ConfigError(f"randopt.selection.block_size={sel.block_size} must be below "
+                              f"randopt.selection_size={self.selection_size} for halving to stop anyone early "
+                              f"(e.g. randopt.selection.block_size={max(1, self.selection_size // 8)})")
+        if self.sigma_choice not in ("mixed", "dev"):
+            raise ConfigError(f"randopt.sigma_choice={self.sigma_choice!r}: use mixed or dev")
+        _positive_int(self.dev_size, "randopt.dev_size")
+        if self.sigma_choice == "dev":
+            if len(set(self.sigmas)) < 2:
+                raise ConfigError("randopt.sigma_choice=dev chooses among randopt.sigmas, which has one value: list "
+                                  "several (e.g. randopt.sigmas=[0.001,0.002]) or set randopt.sigma_choice=mixed")
+            if self.selection_size is not None and self.dev_size >= self.selection_size:
+                raise ConfigError(f"randopt.dev_size={self.dev_size} leaves no selection rows of "
+                                  f"randopt.selection_size={self.selection_size} for the search: keep dev_size below "
+                                  f"it (e.g. randopt.dev_size={max(1, self.selection_size // 4)})")
+        if self.accuracy_vs_n and sel.strategy != "full":
+            raise ConfigError("randopt.accuracy_vs_n=true needs randopt.selection.strategy=full: a race's stops depend "
+                              "on the whole population, so its ledger's prefixes are not smaller searches")
         if self.perturb_at not in ("auto", "server", "sync"):
             raise ConfigError(f"randopt.perturb_at={self.perturb_at!r}: use auto, server or sync")
         self.param_filter.check("randopt.param_filter")

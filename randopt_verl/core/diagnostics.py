@@ -35,6 +35,17 @@ def _k_outcomes(table: Mapping[Any, Any], members: Sequence[Any]) -> list[float]
     return [o.acc for o in vote.ensemble_outcomes(table, list(members))]
 
 
+def votes(table: Mapping[Any, Any], experts: Sequence[Any], ks: Sequence[int],
+          reference: Sequence[Any]) -> dict[str, Any]:
+    """The top-k votes of ``experts`` (rank order) for each k, with Wilson intervals and the paired difference to
+    the same k's vote of ``reference`` over the same prompts (used by accuracy vs N and the dev-chosen sigma)."""
+    mine = {k: _k_outcomes(table, experts[:k]) for k in ks}
+    return {"experts": list(experts),
+            "maj_at_k": {str(k): sum(v) / len(v) for k, v in mine.items()},
+            "maj_at_k_ci95": {str(k): _ci(v) for k, v in mine.items()},
+            "paired": {str(k): stats.paired_bootstrap(v, _k_outcomes(table, reference[:k])) for k, v in mine.items()}}
+
+
 def annotate(results: dict, test_rows: Mapping[int, Mapping[str, Any]], selection_rows: Mapping[int, Mapping],
              control_ids: Sequence[int], consolidated: Optional[dict] = None,
              consolidated_rows: Optional[Mapping[str, Mapping[str, Any]]] = None) -> dict:

@@ -143,8 +143,17 @@ def results_table(results: Mapping[str, Any]) -> str:
         rho = _finite(diag.get("selection_test_spearman"))
         head.append([f"Spearman rho, selection score vs test accuracy ({diag.get('n_tested')} tested candidates)",
                      "-" if rho is None else f"{rho:+.2f}"])
-    for key, label in (("n_candidates", "candidates searched (N)"), ("n_selection", "selection prompts"),
-                       ("n_test", "test prompts")):
+    sel = results.get("selection") or {}
+    if sel.get("strategy") == "halving":  # N is the population; n_candidates counts the survivors' full rows
+        head.append(["candidates searched (N)", str(sel.get("n_candidates"))])
+        head.append([f"stopped early by halving (partial scores, never in the top-K; blocks of "
+                     f"{(sel.get('rule') or {}).get('block_size')} prompts)", str(sel.get("n_stopped"))])
+        head.append(["search rollouts, halving / full (N x selection prompts)",
+                     f"{count(sel.get('rollouts'))} / {count(sel.get('full_rollouts'))} "
+                     f"({pct(sel.get('rollouts_ratio'))}; saved {count(sel.get('rollouts_saved'))})"])
+    labels = (("n_candidates", "candidates scored on the whole selection set" if sel.get("strategy") == "halving"
+               else "candidates searched (N)"), ("n_selection", "selection prompts"), ("n_test", "test prompts"))
+    for key, label in labels:
         if key in results:
             head.append([label, str(results[key])])
     parts.append(markdown(["metric", "value (95% CI)"], head))
@@ -183,6 +192,36 @@ def results_table(results: Mapping[str, Any]) -> str:
                          pct_ci(d.get("fraction"), d.get("ci95")), test])
         parts.append(markdown(["sigma", "candidates", "beating base (selection)", "fraction",
                                "beating base on test (random control subset)"], rows))
+
+    sc = results.get("sigma_choice")
+    if sc:
+        rows = [[f"sigma {s_}{' (chosen)' if float(s_) == float(sc.get('chosen_sigma')) else ''}",
+                 pct_ci(d.get("dev_vote_acc"), d.get("dev_ci95")), ", ".join(f"#{i}" for i in d.get("experts", []))]
+                for s_, d in sorted((sc.get("by_sigma") or {}).items(), key=lambda kv: float(kv[0]))]
+        parts.append(markdown([f"sigma chosen on the dev split ({sc.get('dev_size')} selection rows held out; no "
+                               "test answer read)", "top-K vote on dev", "experts"], rows))
+        sks = sorted(int(k) for k in sc.get("maj_at_k") or {})
+        rows = [[str(k), pct_ci(maj.get(k), maj_ci.get(k)),
+                 pct_ci(sc["maj_at_k"][str(k)], (sc.get("maj_at_k_ci95") or {}).get(str(k))),
+                 points((sc.get("vs_mixed") or {}).get(str(k), {}).get("diff"),
+                        (sc.get("vs_mixed") or {}).get(str(k), {}).get("ci95"))] for k in sks]
+        parts.append(markdown(["k", "mixed-sigma top-k vote (test)", f"sigma {sc.get('chosen_sigma')} top-k vote "
+                               "(test)", "chosen - mixed (paired)"], rows))
+
+    curve = results.get("accuracy_vs_n")
+    if curve:
+        ns = [int(n) for n in curve.get("ns") or []]
+        cks = sorted(int(k) for k in curve["by_n"][str(ns[-1])]["maj_at_k"]) if ns else []
+        rows = []
+        for n in ns:
+            e = curve["by_n"][str(n)]
+            top = e.get("vs_full_n", {}).get(str(cks[-1])) or {}
+            rows.append([str(n)] + [pct_ci(e["maj_at_k"].get(str(k)), e["maj_at_k_ci95"].get(str(k))) for k in cks]
+                        + [points(top.get("diff"), top.get("ci95"))])
+        parts.append(markdown(["N (ledger prefix)"] + [f"top-{k} vote" for k in cks]
+                              + [f"top-{cks[-1] if cks else '-'} vote - at N = {curve.get('full_n')} (paired)"], rows)
+                     + f"\n\nfrom prefixes of one run's ledger (prefix-stable population); "
+                       f"{curve.get('extra_test_passes')} extra experts' test passes (in test_cost)")
 
     crow = [_cost_row("search", results.get("cost") or {})]
     if results.get("test_cost"):

@@ -8,6 +8,11 @@ run::
     ledger.jsonl       RandOpt: one row per finished selection-set evaluation (index -1: the base model)
     test_ledger.jsonl  RandOpt: one row per finished test-set evaluation (base, experts, control population,
                        base self-consistency samples)
+    selection_blocks.jsonl  RandOpt with randopt.selection.strategy=halving: one row per (candidate, block of the
+                       selection set) answered (index: `randopt_verl.core.halving.block_row_index`); the race is
+                       replayed from it, and only survivors' joined rows enter ledger.jsonl
+    dev_ledger.jsonl   RandOpt with randopt.sigma_choice=dev: each sigma's top-K answers to the dev split (the last
+                       randopt.dev_size selection rows, held out of the search), by candidate index
     topk.json          RandOpt: the selected top-K (atomic rewrite)
     results.json       RandOpt: the final results (atomic rewrite; schema in `randopt_verl.core.vote`)
     metrics.jsonl      every method: one {"step", "data"} row per logged step (verl's file-logger format), with
@@ -16,6 +21,7 @@ run::
     es_iterations.jsonl ES: one row per update (seeds, rewards, z, alpha), enough to recompute it
     global_step_N/     verl's checkpoints (ES, GRPO); GRPO adds cost.json there: the cost counters as of step N
     density.png, maj_at_k.png   RandOpt's plots (randopt_verl.tools.plots)
+    accuracy_vs_n.png  RandOpt with randopt.accuracy_vs_n: the top-k votes against N, from prefixes of the ledger
     consolidated.json  RandOpt with randopt.consolidate: the consolidation's plan and choice (members, weights,
                        every merged model's terms, the chosen scales): enough to rebuild the merged model
                        (randopt_verl.trainers.consolidate; `randopt-verl export --consolidated`)
@@ -120,6 +126,8 @@ log = logging.getLogger(__name__)
 MANIFEST_FORMAT = "randopt_verl.core.rundir/2"
 MANIFEST = "manifest.json"
 LEDGER = "ledger.jsonl"
+SELECTION_BLOCKS = "selection_blocks.jsonl"
+DEV_LEDGER = "dev_ledger.jsonl"
 TEST_LEDGER = "test_ledger.jsonl"
 TOPK = "topk.json"
 RESULTS = "results.json"
@@ -132,6 +140,7 @@ CONSOLIDATION_TEST_LEDGER = "consolidation_test_ledger.jsonl"
 CONFIG = "config.json"
 DENSITY_PNG = "density.png"
 MAJ_AT_K_PNG = "maj_at_k.png"
+ACCURACY_VS_N_PNG = "accuracy_vs_n.png"
 
 BASE = -1  # ledger index of the base model's greedy evaluation
 
@@ -637,6 +646,8 @@ class RunDir:
         self.path = Path(path)
         self.manifest = manifest
         self.ledger = Ledger(self.path / LEDGER)
+        self.selection_blocks = Ledger(self.path / SELECTION_BLOCKS)
+        self.dev_ledger = Ledger(self.path / DEV_LEDGER)
         self.test_ledger = Ledger(self.path / TEST_LEDGER)
         self.consolidation_ledger = Ledger(self.path / CONSOLIDATION_LEDGER)
         self.consolidation_test_ledger = Ledger(self.path / CONSOLIDATION_TEST_LEDGER)
@@ -679,6 +690,10 @@ class RunDir:
         return self.path / DENSITY_PNG, self.path / MAJ_AT_K_PNG
 
     @property
+    def accuracy_vs_n_plot_path(self) -> Path:
+        return self.path / ACCURACY_VS_N_PNG
+
+    @property
     def n_candidates(self) -> int | None:
         return None if self.manifest is None else self.manifest.get("n_candidates")
 
@@ -703,6 +718,7 @@ class RunDir:
         run = cls(path)
         if not run.manifest_path.exists():
             if any(p.exists() and p.stat().st_size > 0 for p in (run.ledger.path, run.test_ledger.path,
+                                                                   run.selection_blocks.path, run.dev_ledger.path,
                                                                    run.es_iterations_path)):
                 raise ValueError(
                     f"{path} has a ledger but no {MANIFEST}: cannot tell what run it belongs to. "
@@ -789,5 +805,6 @@ class RunDir:
         return read_json(self.config_path) if self.config_path.exists() else None
 
     def close(self) -> None:
-        for ledger in (self.ledger, self.test_ledger, self.consolidation_ledger, self.consolidation_test_ledger):
+        for ledger in (self.ledger, self.selection_blocks, self.dev_ledger, self.test_ledger,
+                       self.consolidation_ledger, self.consolidation_test_ledger):
             ledger.close()

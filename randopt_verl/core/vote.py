@@ -67,7 +67,7 @@ same test prompts (`stats.paired_bootstrap`). Intervals, ``paired`` and ``diagno
 
     {
       "schema_version": 1,
-      "n_candidates": int,                 # candidates scored on the selection set
+      "n_candidates": int,                 # candidates scored on the whole selection set (halving: survivors)
       "n_selection": int, "n_test": int,   # prompts
       "base": {"test_acc": float,          # base model, greedy, on the test set
                "ci95": [lo, hi],
@@ -106,6 +106,27 @@ same test prompts (`stats.paired_bootstrap`). Intervals, ``paired`` and ``diagno
           "selection_cost": {"rollouts", "tokens", "wall_s"},  # scoring the merged models on the selection set
           "shuffled_control_test_acc": float, "shuffled_control_ci95": [lo, hi], "shuffled_control_scale": float,
           "shuffled_control_selection_score": float, "shuffled_control_selection_score_by_scale": {"<s>": float}},
+      "selection": {"strategy": "full", "n_candidates": N, "rollouts": N x selection prompts}    # or, halving:
+                   {"strategy": "halving", "rule": {"k", "z", "margin", "min_prompts", "block_size", "n_blocks"},
+                    "n_candidates": N, "n_survivors": int, "n_stopped": int,   # survivors: the full-data rows
+                    "stopped": [{"index", "after_block", "n_prompts", "score_so_far", "vs_index",
+                                 "paired_diff", "upper_bound"}, ...],          # partial scores; never in the top-K
+                    "rollouts": int, "tokens": int,            # candidates' block rows (the base row apart)
+                    "full_rollouts": N x selection prompts, "rollouts_saved": int, "rollouts_ratio": float,
+                    "note": str},                              # (randopt_verl.core.halving.summary)
+      "sigma_choice": {                    # randopt.sigma_choice=dev (randopt_verl.core.sigma_choice)
+          "strategy": "dev", "dev_size": int,              # the last dev_size selection rows, held out of the search
+          "by_sigma": {"<sigma>": {"experts": [index, ...], "dev_vote_acc": float, "dev_ci95": [lo, hi],
+                                   "dev_mean_score": float}},
+          "chosen_sigma": float, "experts": [index, ...],  # the best dev vote's sigma and its top-K
+          "maj_at_k": {"<k>": float}, "maj_at_k_ci95": {"<k>": [lo, hi]},   # its top-k votes on the test set
+          "vs_mixed": {"<k>": {paired: chosen-sigma vote - the mixed top-k vote}},
+          "dev_cost": {"rollouts", "tokens", "wall_s"}},   # included in cost
+      "accuracy_vs_n": {                   # randopt.accuracy_vs_n (randopt_verl.core.acc_vs_n.curve)
+          "ns": [N/8, N/4, N/2, N (those >= K)], "full_n": N, "extra_test_passes": int,   # in test_cost
+          "by_n": {"<n>": {"experts": [index, ...],             # the top-K of ledger rows 0 .. n-1
+                           "maj_at_k": {"<k>": float}, "maj_at_k_ci95": {"<k>": [lo, hi]},
+                           "vs_full_n": {"<k>": {paired: this vote - the same k's vote at N}}}}},
       "cost":      {"rollouts": int, "tokens": int, "wall_s": float},  # the search (see ARCHITECTURE, cost)
       "test_cost": {"rollouts": int, "tokens": int, "wall_s": float},  # test answers and controls
       "base_sampling_temperature": float                               # when base_maj_at_k is present

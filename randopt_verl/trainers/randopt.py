@@ -2,10 +2,14 @@
 
 verl builds everything (`SearchTrainer._setup` is verl's own); `fit` below replaces only the update loop:
 population -> chunks of R candidates (R = rollout replicas) -> `evaluate` (replicas load them, greedy generation on
-the selection set, verl's reward loop) -> ledger -> top-K -> test answers of base, experts and control population
-and the base model's self-consistency samples, spread over the replicas the same way -> votes (selected top-k,
+the selection set, verl's reward loop) -> ledger (or, with randopt.selection.strategy=halving, a race over blocks of
+the selection set whose survivors reach the ledger: core/halving.py) -> top-K -> test answers of base, experts and
+control population (randopt.sigma_choice=dev: first, each sigma's top-K on a dev split held out of the selection
+data, and the chosen sigma's top-K on test: core/sigma_choice.py) and the base model's self-consistency samples,
+spread over the replicas the same way -> votes (selected top-k,
 random-k, base self-consistency) -> optionally one consolidated model and its shuffled control (trainers/consolidate.py)
--> results.json with intervals and selection diagnostics (core/diagnostics.py) and plots (rendered by randopt_verl.core.report and
+-> results.json with intervals, selection diagnostics (core/diagnostics.py), accuracy vs N from ledger prefixes
+(randopt.accuracy_vs_n, core/acc_vs_n.py) and plots (rendered by randopt_verl.core.report and
 randopt_verl.tools.plots), tracking.
 Every evaluation is on disk (ledger.jsonl, test_ledger.jsonl; names and indices: randopt_verl.core.rundir) before it
 counts; a restarted run skips it.
@@ -19,7 +23,7 @@ from typing import Any, Callable, Mapping, Optional
 from omegaconf import OmegaConf
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 
-from randopt_verl.core import diagnostics, noise, vote
+from randopt_verl.core import acc_vs_n, diagnostics, halving, noise, sigma_choice, vote
 from randopt_verl.core.population import Candidate, ParamFilter, sample_population
 from randopt_verl.core.rundir import (BASE, Ledger, RunDir, base_sample_index, base_sample_number, fingerprint_files,
                                       hash_rows, model_files, verify_rows)
@@ -41,16 +45,27 @@ class RandOptTrainer(SearchTrainer):
         param_filter = ParamFilter.from_config(OmegaConf.to_container(ro.param_filter, resolve=True))
         merge = consolidate.settings(ro)  # a bad consolidation setting fails here, before any evaluation
 
-        # 1. the selection and test prompts, tokenized as verl's agent loop would
+        # 1. the selection and test prompts, tokenized as verl's agent loop would; with sigma_choice=dev the last
+        #    dev_size selection rows are held out of the search as the dev split (sigma is chosen there, never on test)
         selection = self.prompts(self.train_dataset, ro.selection_size)
+        dev = None
+        if ro.sigma_choice == "dev":
+            if int(ro.dev_size) >= len(selection):
+                raise ValueError(f"randopt.dev_size={ro.dev_size} leaves none of the {len(selection)} selection rows "
+                                 "for the search: lower randopt.dev_size or add rows to data.train_files")
+            selection, dev = selection.split(len(selection) - int(ro.dev_size))
         test = self.prompts(self.val_dataset, ro.test_size)
 
         # 2. the run directory: resume only the same search, reuse test answers only for the same test set
-        run = self._open_run(selection, test, param_filter)
+        run = self._open_run(selection, test, param_filter, dev)
         population = sample_population(int(ro.seed), int(ro.population_size), list(ro.sigmas))
         verify_rows(run.finished().values(), [(c.seed, c.sigma) for c in population])
-        # what a resumed run spent before the restart: every ledger row carries its share
-        self.cost, self.test_cost = Cost.of_rows(run.ledger.read().rows), Cost.of_rows(run.test_ledger.read().rows)
+        # what a resumed run spent before the restart: every ledger row carries its share (a halving survivor's
+        # joined row repeats its block rows' share, so the block rows are counted instead); the dev answers that
+        # choose sigma are part of the search
+        search_rows = ([r for r in run.ledger.read().rows if not r.get("from_blocks")]
+                       + run.selection_blocks.read().rows + run.dev_ledger.read().rows)
+        self.cost, self.test_cost = Cost.of_rows(search_rows), Cost.of_rows(run.test_ledger.read().rows)
         self.open_log(run, "randopt")
         print(f"randopt: run directory {run.path}: {len(run.finished())}/{len(population)} candidates already scored")
         self.use(param_filter, ro.perturb_at)  # base weights into every replica
@@ -61,15 +76,22 @@ class RandOptTrainer(SearchTrainer):
                               .row(BASE, None))
         base_row = run.ledger.read().by_index[BASE]
 
-        # 4. the search: R candidates at a time, one per replica; each row on disk before the next chunk
+        # 4. the search: R candidates at a time, one per replica; each row on disk before the next chunk. full: every
+        #    candidate answers the whole selection set; halving: a race over blocks of it (core/halving.py) whose
+        #    survivors' joined rows enter the ledger, so what follows ranks full-data rows only
         def progress():
             done = run.finished()
             self.global_steps = len(done)
             self.log({"randopt/best_selection_score": vote.rank(done.values())[0]["score"],
                       "randopt/base_selection_score": base_row["score"], "randopt/candidates_done": len(done)})
 
-        self._answer(run.ledger, {c.index: c for c in population}, selection, lambda i: greedy(self.response_length),
-                     self.cost, "randopt candidates", progress)
+        if ro.selection.strategy == "halving":
+            selection_summary = self._race(run, population, selection)
+        else:
+            self._answer(run.ledger, {c.index: c for c in population}, selection,
+                         lambda i: greedy(self.response_length), self.cost, "randopt candidates", progress)
+            selection_summary = {"strategy": "full", "n_candidates": len(population),
+                                 "rollouts": len(population) * len(selection)}
 
         # 5. top-K by selection score (ties: lower index) -> topk.json
         rows = [r for i, r in run.finished().items() if i < len(population)]
@@ -77,15 +99,30 @@ class RandOptTrainer(SearchTrainer):
         run.write_topk({"k": int(ro.top_k), "experts": [_expert(i, r) for i, r in enumerate(ranked)]})
 
         # 6. test answers: base, every top-K expert and the control population (the first P candidates by index,
-        #    a random subset because the population is random), greedy; then the base model's self-consistency
-        #    samples (same forward passes as maj@max(k)), each with its own seed. Members spread over the replicas.
+        #    a random subset because the population is random), greedy (with accuracy_vs_n, also the experts of the
+        #    smaller prefixes' top-K); then the base model's self-consistency samples (same forward passes as
+        #    maj@max(k)), each with its own seed. Members spread over the replicas.
         controls = ro.controls
         n_control = int(controls.population or min(len(population), 4 * max(ks))) if controls.random_k_draws > 0 else 0
         members: dict[int, Optional[Candidate]] = {BASE: None}
         members.update({r["index"]: population[r["index"]] for r in ranked})
         members.update({c.index: c for c in population[:n_control]})
+        # accuracy vs N (randopt.accuracy_vs_n): the experts of every prefix's top-K (N/8, N/4, N/2 of this ledger)
+        ns = acc_vs_n.sizes(len(population), int(ro.top_k)) if ro.accuracy_vs_n else []
+        extra = [i for i in acc_vs_n.members({r["index"]: r for r in rows}, ns, int(ro.top_k)) if i not in members]
+        members.update({i: population[i] for i in extra})
         self._answer(run.test_ledger, members, test, lambda i: greedy(self.response_length), self.test_cost,
                      "test answers")
+        # sigma_choice=dev: each sigma's top-K answers the dev split (search cost); the sigma whose vote is best
+        # there is chosen (core/sigma_choice.py, no test answer read), and its top-K answers the test set
+        choice = None
+        if dev is not None:
+            by_sigma = sigma_choice.per_sigma_top_k({r["index"]: r for r in rows}, int(ro.top_k))
+            self._answer(run.dev_ledger, {i: population[i] for ids in by_sigma.values() for i in ids}, dev,
+                         lambda i: greedy(self.response_length), self.cost, "dev answers (sigma choice)")
+            choice = sigma_choice.choose(run.dev_ledger.read().by_index, by_sigma)
+            self._answer(run.test_ledger, {i: population[i] for i in choice["experts"]}, test,
+                         lambda i: greedy(self.response_length), self.test_cost, "test answers (chosen sigma)")
         n_samples = max(ks) if controls.base_self_consistency else 0
         self._answer(run.test_ledger, {base_sample_index(s): None for s in range(n_samples)}, test,
                      lambda i: sampled(self.response_length, float(controls.temperature),
@@ -99,6 +136,16 @@ class RandOptTrainer(SearchTrainer):
         # 8. votes, controls, intervals, diagnostics -> results.json, tracking, plots (the tools render the tables)
         results = self._results(rows, ranked, base_row, run.test_ledger.read().by_index, ks,
                                 population[:n_control], n_samples)
+        results["selection"] = selection_summary
+        test_table = {m: list(zip(r["preds"], r["accs"])) for m, r in run.test_ledger.read().by_index.items()}
+        if choice is not None:  # the chosen sigma's top-K test votes beside the mixed top-K's (paired)
+            chosen = diagnostics.votes(test_table, choice["experts"], ks, [r["index"] for r in ranked])
+            results["sigma_choice"] = dict(choice, strategy="dev", dev_size=len(dev), maj_at_k=chosen["maj_at_k"],
+                                           maj_at_k_ci95=chosen["maj_at_k_ci95"], vs_mixed=chosen["paired"],
+                                           dev_cost=Cost.of_rows(run.dev_ledger.read().rows).as_dict())
+        if ns:
+            results["accuracy_vs_n"] = acc_vs_n.curve(test_table, {r["index"]: r for r in rows}, ns, ks,
+                                                      int(ro.top_k), len(extra))
         diagnostics.annotate(results, run.test_ledger.read().by_index, run.ledger.read().by_index,
                              [c.index for c in population[:n_control]],
                              consolidate.results_block(merged) if merged else None,
@@ -114,7 +161,52 @@ class RandOptTrainer(SearchTrainer):
         run.close()
 
     # -- steps --------------------------------------------------------------------------------------------
-    def _open_run(self, selection: PromptSet, test: PromptSet, param_filter: ParamFilter) -> RunDir:
+    def _race(self, run: RunDir, population: list[Candidate], selection: PromptSet) -> dict[str, Any]:
+        """`randopt.selection.strategy=halving`: the race of core/halving.py. Each round replays the race from the
+        block ledger (so a resumed run takes the same decisions), and the racing candidates without a row for the
+        next block answer it, R at a time; each block row is on disk before the next chunk. When the race is over,
+        each survivor's block rows joined into one full selection-set row go into the ledger. Returns results.json's
+        ``selection`` block."""
+        ro = self.config.randopt
+        blocks = selection.blocks(int(ro.selection.block_size))
+        rule = halving.Rule(int(ro.top_k), float(ro.selection.z), float(ro.selection.margin),
+                            int(ro.selection.min_prompts))
+        cands = {c.index: c for c in population}
+        while True:
+            rows = self._block_rows(run, cands, len(blocks))
+            state = halving.race({key: r["scores"] for key, r in rows.items()}, list(cands), len(blocks), rule)
+            if state.finished:
+                break
+            b = state.next_block
+            self.global_steps = len(rows)
+            self.log({"randopt/selection_block": b, "randopt/candidates_racing": len(state.active),
+                      "randopt/candidates_stopped": len(state.stopped)})
+            self._answer(run.selection_blocks,
+                         {halving.block_row_index(i, b, len(blocks)): cands[i] for i in state.todo}, blocks[b],
+                         lambda i: greedy(self.response_length), self.cost,
+                         f"randopt block {b + 1}/{len(blocks)} ({len(state.active)} racing)")
+        scored = run.ledger.read().by_index
+        for i in state.survivors:
+            if i not in scored:
+                run.ledger.append(halving.join_rows(i, [rows[(i, b)] for b in range(len(blocks))]))
+        return halving.summary(state, rule, n_candidates=len(population), n_selection=len(selection),
+                               block_size=int(ro.selection.block_size), n_blocks=len(blocks),
+                               block_rows=list(rows.values()))
+
+    @staticmethod
+    def _block_rows(run: RunDir, cands: Mapping[int, Candidate], n_blocks: int) -> dict[tuple[int, int], dict]:
+        """The block ledger's rows of this population by (candidate, block), checked against its (seed, sigma)."""
+        out = {}
+        for r in run.selection_blocks.read().rows:
+            i, b = halving.split_block_row_index(r["index"], n_blocks)
+            if i in cands:
+                out[(i, b)] = r
+        verify_rows([r for r in out.values()],
+                    {r["index"]: (cands[i].seed, cands[i].sigma) for (i, _), r in out.items()})
+        return out
+
+    def _open_run(self, selection: PromptSet, test: PromptSet, param_filter: ParamFilter,
+                  dev: Optional[PromptSet] = None) -> RunDir:
         """The run directory with this search's identity (what defines the candidates and their scores) and its
         test identity (what defines the test answers)."""
         ro = self.config.randopt
@@ -122,8 +214,12 @@ class RandOptTrainer(SearchTrainer):
             "model_fingerprint": fingerprint_files(model_files(self.config.actor_rollout_ref.model.path)),
             "noise_spec_version": noise.NOISE_SPEC,
             "selection_set_hash": hash_rows(selection.identity()),
+            **({"dev_set_hash": hash_rows(dev.identity())} if dev is not None else {}),
             "search": {"population_seed": int(ro.seed), "sigmas": [float(s) for s in ro.sigmas],
                        "param_filter": param_filter.to_dict(),
+                       # halving decides who answers which prompts (a full run's identity stays as it was)
+                       **({"selection": OmegaConf.to_container(ro.selection, resolve=True)}
+                          if ro.selection.strategy != "full" else {}),
                        "generation": greedy(self.response_length).identity(),
                        "reward": OmegaConf.to_container(self.config.reward.custom_reward_function, resolve=True)},
             "rollout": self.rollout_identity(),
@@ -210,4 +306,10 @@ def _flat_metrics(results: dict[str, Any]) -> dict[str, float]:
         m["randopt/diagnostics/selection_test_spearman"] = rho
     for key, v in results["test_cost"].items():
         m[f"test_cost/{key}"] = v
+    sel = results.get("selection") or {}
+    if sel.get("strategy") == "halving":
+        m["randopt/selection/n_stopped"] = sel["n_stopped"]
+        m["randopt/selection/rollouts_saved"] = sel["rollouts_saved"]
+    for k, v in (results.get("sigma_choice") or {}).get("maj_at_k", {}).items():
+        m[f"randopt/test/sigma_choice/maj@{k}"] = v
     return m

@@ -73,3 +73,42 @@ def test_results_table_renders_every_row_from_json():
 def test_results_table_with_only_base():
     text = results_table({"base": {"test_acc": 0.5}})
     assert "50.0%" in text and "best single expert" in text and "rollouts" in text
+
+
+def test_results_table_says_what_halving_stopped_and_saved():
+    results = {"base": {"test_acc": 0.5}, "n_candidates": 7, "n_selection": 64,
+               "selection": {"strategy": "halving", "rule": {"block_size": 16}, "n_candidates": 24, "n_stopped": 17,
+                             "n_survivors": 7, "rollouts": 700, "full_rollouts": 1536, "rollouts_saved": 836,
+                             "rollouts_ratio": 700 / 1536}}
+    text = results_table(results)
+    for needle in ["| candidates searched (N)", "| 24 ", "stopped early by halving", "| 17 ", "700 / 1.54k (45.6%; "
+                   "saved 836)", "| candidates scored on the whole selection set", "| 7 "]:
+        assert needle in text, needle
+    # a full search keeps its one row for N
+    full = results_table({"base": {"test_acc": 0.5}, "n_candidates": 24, "selection": {"strategy": "full"}})
+    assert "candidates searched (N)" in full and "halving" not in full
+
+
+def test_results_table_shows_accuracy_vs_n_with_intervals():
+    curve = {"ns": [6, 12], "full_n": 12, "extra_test_passes": 3, "by_n": {
+        "6": {"maj_at_k": {"1": 0.1, "4": 0.2}, "maj_at_k_ci95": {"1": [0.05, 0.2], "4": [0.1, 0.3]},
+              "vs_full_n": {"4": {"diff": -0.05, "ci95": [-0.1, 0.0]}}},
+        "12": {"maj_at_k": {"1": 0.15, "4": 0.25}, "maj_at_k_ci95": {"1": [0.1, 0.2], "4": [0.2, 0.3]},
+               "vs_full_n": {"4": {"diff": 0.0, "ci95": [0.0, 0.0]}}}}}
+    text = results_table({"base": {"test_acc": 0.5}, "accuracy_vs_n": curve})
+    for needle in ["| N (ledger prefix)", "top-4 vote - at N = 12 (paired)", "| 6 ", "10.0% [5.0, 20.0]",
+                   "-5.0 pts [-10.0, +0.0]", "3 extra experts' test passes"]:
+        assert needle in text, needle
+
+
+def test_results_table_shows_the_dev_chosen_sigma_beside_the_mixed_default():
+    sc = {"strategy": "dev", "dev_size": 32, "chosen_sigma": 0.004, "experts": [1, 5],
+          "by_sigma": {"0.002": {"experts": [2, 4], "dev_vote_acc": 0.25, "dev_ci95": [0.1, 0.4]},
+                       "0.004": {"experts": [1, 5], "dev_vote_acc": 0.5, "dev_ci95": [0.3, 0.7]}},
+          "maj_at_k": {"1": 0.2, "2": 0.3}, "maj_at_k_ci95": {"1": [0.1, 0.3], "2": [0.2, 0.4]},
+          "vs_mixed": {"1": {"diff": 0.05, "ci95": [-0.02, 0.1]}, "2": {"diff": 0.0, "ci95": [-0.05, 0.05]}}}
+    text = results_table({"base": {"test_acc": 0.5}, "maj_at_k": {"1": 0.15, "2": 0.3}, "sigma_choice": sc})
+    for needle in ["sigma chosen on the dev split (32 selection rows held out; no test answer read)",
+                   "| sigma 0.004 (chosen)", "50.0% [30.0, 70.0]", "#1, #5", "| sigma 0.002 ",
+                   "sigma 0.004 top-k vote (test)", "20.0% [10.0, 30.0]", "+5.0 pts [-2.0, +10.0]"]:
+        assert needle in text, needle

@@ -158,6 +158,23 @@ def test_demo_summary_is_the_report_table_once(tmp_path):
         f"plot: {run / 'density.png'}", f"plot: {run / 'maj_at_k.png'}"]
 
 
+def test_accuracy_vs_n_is_drawn_when_the_run_has_it(tmp_path):
+    from randopt_verl.tools import plots
+
+    run = randopt_run(tmp_path / "run")
+    curve = {"ns": [2, 4], "full_n": 4, "extra_test_passes": 1, "by_n": {
+        str(n): {"experts": [0, 1], "maj_at_k": {"1": 0.25 * n / 2, "2": 0.0},
+                 # Wilson's lower bound at an accuracy of 0 is a rounding error above it (2.8e-17)
+                 "maj_at_k_ci95": {"1": [0.0, 0.9], "2": [2.7755575615628914e-17, 0.9]}, "vs_full_n": {}}
+        for n in (2, 4)}}
+    (run / "results.json").write_text(json.dumps(dict(RESULTS, accuracy_vs_n=curve)))
+    written = plots.draw(run)
+    assert written[-1] == run / "accuracy_vs_n.png" and written[-1].stat().st_size > 0
+    # without it, no such picture
+    other = randopt_run(tmp_path / "other")
+    assert [p.name for p in plots.draw(other)] == ["density.png", "maj_at_k.png"]
+
+
 def test_consolidate_config_is_the_runs_own_with_consolidation_on(tmp_path, capsys):
     from randopt_verl.tools.consolidate import consolidation_config
 

@@ -47,6 +47,29 @@ def test_demo_runs_one_replica_per_core_up_to_two(monkeypatch, tmp_path):
     assert demo.run(out=str(tmp_path / "x"), replicas=0) == 2
 
 
+def test_demo_with_halving_passes_doctor_and_keeps_its_own_run_directory(tiny_model, tmp_path, monkeypatch):
+    """--selection halving becomes randopt.selection.strategy=halving, a config doctor passes for both presets; a
+    bad value stops before anything runs."""
+    import io
+
+    from randopt_verl import preflight
+
+    for name in demo.PRESETS:
+        preset = demo.sized(name)
+        files = demo.write_data(tmp_path, preset["selection_size"], preset["test_size"])
+        args = demo.overrides(tiny_model, files, tmp_path / "run", preset, 1, "halving")
+        assert "randopt.selection.strategy=halving" in args
+        out = io.StringIO()
+        assert preflight.doctor(args, config_only=True, out=out) == 0, out.getvalue()
+    assert demo.run(out=str(tmp_path / "x"), selection="race") == 2
+    # the run directory: its own, next to the full search's
+    seen = {}
+    monkeypatch.setattr(demo.subprocess, "run", lambda cmd, env: seen.setdefault("cmd", cmd) and
+                        type("P", (), {"returncode": 2})())
+    demo.run(out=str(tmp_path / "y"), model=tiny_model, preset_name="quick", replicas=1, selection="halving")
+    assert f"randopt.run_dir={(tmp_path / 'y' / 'run_quick_halving').resolve()}" in seen["cmd"]
+
+
 @pytest.mark.parametrize("population", [1, 2, 3, 48])
 def test_any_population_gives_a_config_doctor_passes(population, tiny_model, tmp_path):
     """--population N caps top-K, the control population and the vote sizes (ensemble_ks [1,2,4] with N=2 was

@@ -247,6 +247,38 @@ def _gone(pgid: int, timeout: float = 60.0) -> bool:
     return False
 
 
+def kill_then_resume(args: list[str], run_dir: Path, rows_file: Path, rows: int) -> int:
+    """Run `python -m randopt_verl.main ARGS` in a session of its own (its Ray processes die with its process group),
+    SIGKILL it once ``rows_file`` has ``rows`` rows, check nothing survived and no top-K was written, then finish the
+    run with verl's own entry point. Returns the rows on disk when it was killed."""
+    # RAY_ADDRESS=local: a Ray cluster private to this run, never another one on the machine
+    env = dict(os.environ, RANDOPT_VERL_ROLLOUT_THREADS="1", RAY_ADDRESS="local")
+    proc = subprocess.Popen([sys.executable, "-m", "randopt_verl.main", *args], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            if rows_file.exists() and rows_file.read_text().count("\n") >= rows:
+                break
+            time.sleep(0.05)
+            assert proc.poll() is None, "the search exited before it could be killed"
+        else:
+            pytest.fail(f"no {rows} rows in {rows_file.name} within 400 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert _gone(proc.pid), "processes of the killed run survived their process group's SIGKILL"
+    killed_at = len(_ledger(rows_file))
+    assert not (run_dir / "topk.json").exists()
+    done = subprocess.run(
+        [sys.executable, "-m", "verl.trainer.main_ppo", "--config-name", "randopt_ppo", *args],
+        env=dict(env, RAY_AUTH_MODE="disabled", WANDB_MODE="disabled"), capture_output=True, text=True,
+        timeout=600, start_new_session=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return killed_at
+
+
 def test_sigkill_then_resume_with_verls_entry_point(common, tmp_path_factory, searches):
     run_dir = tmp_path_factory.mktemp("ro_kill")
     # N candidates (the first 5 are the other runs' 5: sampling is prefix-stable), killed after 2 are on disk; N is
@@ -254,37 +286,121 @@ def test_sigkill_then_resume_with_verls_entry_point(common, tmp_path_factory, se
     # the whole search finished between the check and the kill
     n = 120
     args = SEARCH + _args(common, run_dir, 1) + ["randopt.plots=false", f"randopt.population_size={n}"]
-    # RAY_ADDRESS=local: a Ray cluster private to this run, never another one on the machine
-    env = dict(os.environ, RANDOPT_VERL_ROLLOUT_THREADS="1", RAY_ADDRESS="local")
     ledger = run_dir / "ledger.jsonl"
-    # a session of its own: its Ray processes (raylet, GCS, workers) are in its process group and die with it
-    proc = subprocess.Popen([sys.executable, "-m", "randopt_verl.main", *args], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 400
-        while time.time() < deadline:
-            if ledger.exists() and ledger.read_text().count("\n") >= 3:  # base + 2 candidates on disk
-                break
-            time.sleep(0.05)
-            assert proc.poll() is None, "the search exited before it could be killed"
-        else:
-            pytest.fail("no ledger rows within 400 s")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert _gone(proc.pid), "processes of the killed run survived their process group's SIGKILL"
-    killed_at = len(_ledger(ledger))
+    killed_at = kill_then_resume(args, run_dir, ledger, 3)  # killed once base + 2 candidates are on disk
     assert 3 <= killed_at < n + 1, "the kill did not land inside the search"
-    assert not (run_dir / "topk.json").exists()
-
-    done = subprocess.run(
-        [sys.executable, "-m", "verl.trainer.main_ppo", "--config-name", "randopt_ppo", *args],
-        env=dict(env, RAY_AUTH_MODE="disabled", WANDB_MODE="disabled"), capture_output=True, text=True,
-        timeout=600, start_new_session=True,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
     resumed = _ledger(ledger)
     assert sorted(resumed) == list(range(-1, n))
     assert (run_dir / "results.json").exists()
     # the same scores for the same candidates as the uninterrupted 5-candidate run
     assert {i: resumed[i] for i in range(-1, 5)} == _ledger(searches["r1"]["run_dir"] / "ledger.jsonl")
+
+
+# randopt.selection.strategy=halving: blocks of 2 of the 8 selection prompts, a decision after each block from the
+# first on, and z = 0 (a candidate stops once its mean paired difference to the current K-th is below 0), so the
+# varied reward's scores stop candidates on the tiny model
+HALVING = ["randopt.selection.strategy=halving", "randopt.selection.block_size=2", "randopt.selection.min_prompts=2",
+           "randopt.selection.z=0.0"]
+
+
+def test_halving_killed_and_resumed_equals_uninterrupted_on_another_replica_count(common, tmp_path_factory):
+    from randopt_verl.core import halving
+
+    n = 120  # as in the full search's kill test: large enough that the kill lands inside the race
+    args = lambda run_dir, ranks: (SEARCH + HALVING + _args(common, run_dir, ranks)  # noqa: E731
+                                   + ["randopt.plots=false", f"randopt.population_size={n}"])
+    # uninterrupted, 2 replicas, in process
+    whole = tmp_path_factory.mktemp("ro_halving")
+    with trainer_session(compose(args(whole, 2))) as trainer:
+        trainer.fit(None)
+    # 1 replica, SIGKILLed mid-race (2 block rows on disk), then finished by verl's own entry point
+    killed = tmp_path_factory.mktemp("ro_halving_kill")
+    blocks = killed / "selection_blocks.jsonl"
+    killed_at = kill_then_resume(args(killed, 1), killed, blocks, 2)
+    assert 2 <= killed_at < len(_ledger(whole / "selection_blocks.jsonl")), "the kill did not land inside the race"
+
+    # resumed == uninterrupted: the same block rows, the same decisions, the same survivors' rows and top-K
+    assert _ledger(blocks) == _ledger(whole / "selection_blocks.jsonl")
+    assert _ledger(killed / "ledger.jsonl") == _ledger(whole / "ledger.jsonl")
+    assert _topk(killed) == _topk(whole)
+    a, b = read_json(killed / "results.json"), read_json(whole / "results.json")
+    assert a["selection"] == b["selection"] and a["maj_at_k"] == b["maj_at_k"]
+
+    # what the race did: some stopped, every stop after a block other than the last, and no stopped candidate in
+    # the top-K; the ledger holds the base and the survivors' full selection-set rows only
+    sel = b["selection"]
+    stopped = {s["index"] for s in sel["stopped"]}
+    assert sel["strategy"] == "halving" and stopped and sel["n_stopped"] == len(stopped)
+    assert all(s["after_block"] < 3 and s["paired_diff"] < 0 for s in sel["stopped"])
+    rows = Ledger(whole / "ledger.jsonl").read().by_index
+    survivors = sorted(i for i in rows if i >= 0)
+    assert survivors and not stopped & set(survivors) and len(survivors) + len(stopped) == n
+    assert all(rows[i]["n"] == 8 and rows[i]["from_blocks"] == 4 for i in survivors)
+    assert not stopped & {i for i, _ in _topk(whole)}
+    assert [i for i, _ in _topk(whole)] == sorted(survivors, key=lambda i: (-rows[i]["score"], i))[:2]
+    # each block row is one candidate on one block of 2 prompts; the search's cost is the base row and the block rows
+    block_rows = Ledger(whole / "selection_blocks.jsonl").read().rows
+    assert all(r["n"] == 2 for r in block_rows)
+    assert {halving.split_block_row_index(r["index"], 4)[0] for r in block_rows} == set(range(n))
+    assert sel["rollouts"] == 2 * len(block_rows) and b["cost"]["rollouts"] == 8 + sel["rollouts"]
+    assert sel["full_rollouts"] == n * 8 and sel["rollouts_saved"] == n * 8 - sel["rollouts"] > 0
+    assert a["cost"]["rollouts"] == b["cost"]["rollouts"] and a["cost"]["tokens"] == b["cost"]["tokens"]
+
+
+def test_accuracy_vs_n_and_the_dev_chosen_sigma(common, tmp_path_factory):
+    """randopt.accuracy_vs_n: the votes at N/8 .. N read from the ledger's prefixes are what a search of that many
+    candidates gives (here N = 16 against a separate N = 4 search), and the extra experts' test passes are counted.
+    randopt.sigma_choice=dev (same session, its own run directory): the search scores the first 6 selection rows,
+    each sigma's top-K answers the last 2 (dev), the best dev vote's sigma is chosen and its top-K answers the test
+    set; its cost is the search's."""
+    big, small = tmp_path_factory.mktemp("ro_acc_n16"), tmp_path_factory.mktemp("ro_acc_n4")
+    dev_run = tmp_path_factory.mktemp("ro_sigma_dev")
+    args = SEARCH + _args(common, big, 1) + ["randopt.plots=true", "randopt.population_size=16",
+                                             "randopt.controls.population=2", "randopt.accuracy_vs_n=true"]
+    with trainer_session(compose(args)) as trainer:
+        trainer.fit(None)
+        OmegaConf.update(trainer.config, "randopt.population_size", 4)
+        OmegaConf.update(trainer.config, "randopt.accuracy_vs_n", False)
+        OmegaConf.update(trainer.config, "randopt.run_dir", str(small))
+        trainer.fit(None)
+        OmegaConf.update(trainer.config, "randopt.population_size", 16)
+        OmegaConf.update(trainer.config, "randopt.sigma_choice", "dev")
+        OmegaConf.update(trainer.config, "randopt.dev_size", 2)
+        OmegaConf.update(trainer.config, "randopt.run_dir", str(dev_run))
+        trainer.fit(None)
+    _check_dev_sigma_choice(dev_run)
+    res, res4 = read_json(big / "results.json"), read_json(small / "results.json")
+    curve = res["accuracy_vs_n"]
+    assert curve["ns"] == [2, 4, 8, 16] and curve["full_n"] == 16
+    # the prefix N = 4 is the N = 4 search: its experts and votes, to the last digit
+    assert curve["by_n"]["4"]["experts"] == [e["index"] for e in res4["experts"]]
+    assert curve["by_n"]["4"]["maj_at_k"] == res4["maj_at_k"]
+    assert curve["by_n"]["16"]["experts"] == [e["index"] for e in res["experts"]]
+    assert curve["by_n"]["16"]["maj_at_k"] == res["maj_at_k"]
+    # every prefix's experts have test answers, and the passes added for them are in test_cost
+    test_rows = _ledger(big / "test_ledger.jsonl")
+    needed = {i for e in curve["by_n"].values() for i in e["experts"]}
+    assert needed <= set(test_rows)
+    assert curve["extra_test_passes"] == len(needed - {e["index"] for e in res["experts"]} - {0, 1})
+    assert res["test_cost"]["rollouts"] == 6 * len(test_rows)
+    assert (big / "accuracy_vs_n.png").exists()
+
+
+def _check_dev_sigma_choice(run_dir: Path) -> None:
+    from randopt_verl.core import sigma_choice
+
+    res = read_json(run_dir / "results.json")
+    rows = Ledger(run_dir / "ledger.jsonl").read().by_index
+    assert all(r["n"] == 6 for r in rows.values())  # the search never saw the 2 dev rows
+    sc = res["sigma_choice"]
+    by_sigma = sigma_choice.per_sigma_top_k(rows, 2)
+    assert {float(s): v["experts"] for s, v in sc["by_sigma"].items()} == by_sigma
+    dev = Ledger(run_dir / "dev_ledger.jsonl").read().by_index
+    assert sorted(dev) == sorted(i for ids in by_sigma.values() for i in ids) and all(r["n"] == 2 for r in dev.values())
+    # the choice is the one the dev answers alone give, and the chosen experts answered the test set
+    assert sc["chosen_sigma"] == sigma_choice.choose(dev, by_sigma)["chosen_sigma"]
+    assert sc["experts"] == by_sigma[sc["chosen_sigma"]]
+    assert set(sc["experts"]) <= set(_ledger(run_dir / "test_ledger.jsonl"))
+    assert set(sc["maj_at_k"]) == set(sc["vs_mixed"]) == {"1", "2"}
+    # the dev answers are search cost: base and 16 candidates on 6 rows, the experts on 2
+    assert res["cost"]["rollouts"] == 6 * 17 + 2 * len(dev) and sc["dev_cost"]["rollouts"] == 2 * len(dev)
