@@ -8,11 +8,6 @@ validation split into two blocks, one per replica."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -235,51 +230,7 @@ def test_changed_test_set_or_rollout_dtype_is_refused_naming_it(searches):
     assert "rollout.dtype" in msg and '-> new "float16"' in msg and "test_set_hash" not in msg
 
 
-def _gone(pgid: int, timeout: float = 60.0) -> bool:
-    """True once no process of the group is left (the group's Ray processes die with it)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.2)
-    return False
-
-
-def kill_then_resume(args: list[str], run_dir: Path, rows_file: Path, rows: int) -> int:
-    """Run `python -m randopt_verl.main ARGS` in a session of its own (its Ray processes die with its process group),
-    SIGKILL it once ``rows_file`` has ``rows`` rows, check nothing survived and no top-K was written, then finish the
-    run with verl's own entry point. Returns the rows on disk when it was killed."""
-    # RAY_ADDRESS=local: a Ray cluster private to this run, never another one on the machine
-    env = dict(os.environ, RANDOPT_VERL_ROLLOUT_THREADS="1", RAY_ADDRESS="local")
-    proc = subprocess.Popen([sys.executable, "-m", "randopt_verl.main", *args], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 400
-        while time.time() < deadline:
-            if rows_file.exists() and rows_file.read_text().count("\n") >= rows:
-                break
-            time.sleep(0.05)
-            assert proc.poll() is None, "the search exited before it could be killed"
-        else:
-            pytest.fail(f"no {rows} rows in {rows_file.name} within 400 s")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert _gone(proc.pid), "processes of the killed run survived their process group's SIGKILL"
-    killed_at = len(_ledger(rows_file))
-    assert not (run_dir / "topk.json").exists()
-    done = subprocess.run(
-        [sys.executable, "-m", "verl.trainer.main_ppo", "--config-name", "randopt_ppo", *args],
-        env=dict(env, RAY_AUTH_MODE="disabled", WANDB_MODE="disabled"), capture_output=True, text=True,
-        timeout=600, start_new_session=True,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return killed_at
-
-
-def test_sigkill_then_resume_with_verls_entry_point(common, tmp_path_factory, searches):
+def test_sigkill_then_resume_with_verls_entry_point(common, tmp_path_factory, searches, kill_then_resume):
     run_dir = tmp_path_factory.mktemp("ro_kill")
     # N candidates (the first 5 are the other runs' 5: sampling is prefix-stable), killed after 2 are on disk; N is
     # large because one tiny-model candidate takes tens of milliseconds with the bf16, shared-prefix engine: with 12
@@ -303,7 +254,8 @@ HALVING = ["randopt.selection.strategy=halving", "randopt.selection.block_size=2
            "randopt.selection.z=0.0"]
 
 
-def test_halving_killed_and_resumed_equals_uninterrupted_on_another_replica_count(common, tmp_path_factory):
+def test_halving_killed_and_resumed_equals_uninterrupted_on_another_replica_count(common, tmp_path_factory,
+                                                                                   kill_then_resume):
     from randopt_verl.core import halving
 
     n = 120  # as in the full search's kill test: large enough that the kill lands inside the race
