@@ -41,12 +41,25 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Optional
 
 __all__ = ["GuardedReward", "RewardTimeout", "RewardProcessDied", "install", "settings", "check"]
 
 CONFIG_NODE = "reward_guard"
-KEYS = {"timeout_s", "processes"}
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """The ``reward_guard`` node's keys and their one default each (config/randopt_ppo.yaml documents them)."""
+
+    # seconds one reward call may take; None runs the reward in verl's own thread, with no limit
+    timeout_s: Optional[float] = 30.0
+    # child processes per reward loop worker
+    processes: int = 4
+
+
+KEYS = {f.name for f in fields(GuardSettings)}
 # loading the reward file in a fresh child (imports: sympy for math-verify takes seconds on a busy machine) has
 # its own limit, never shorter than the call limit
 LOAD_TIMEOUT_S = 120.0
@@ -75,18 +88,19 @@ def settings(config: Any) -> tuple[float, int] | None:
     if node is None:
         return None
     if not hasattr(node, "keys"):
-        raise ValueError(f"{CONFIG_NODE} must be a mapping such as {{timeout_s: 30, processes: 4}}, got {node!r}")
+        raise ValueError(f"{CONFIG_NODE} must be a mapping such as {{timeout_s: {GuardSettings.timeout_s:g}, "
+                         f"processes: {GuardSettings.processes}}}, got {node!r}")
     extra = sorted(set(node.keys()) - KEYS)
     if extra:
         raise ValueError(f"unknown key(s) {[CONFIG_NODE + '.' + k for k in extra]}; known: {sorted(KEYS)}")
-    timeout = node.get("timeout_s")
+    timeout = node.get("timeout_s", GuardSettings.timeout_s)
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(
             f"{CONFIG_NODE}.timeout_s must be a number of seconds > 0 (or null: no limit), got {timeout!r}"
         )
-    processes = node.get("processes", 4)
+    processes = node.get("processes", GuardSettings.processes)
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ValueError(f"{CONFIG_NODE}.processes must be an integer >= 1, got {processes!r}")
     return float(timeout), int(processes)
@@ -246,7 +260,7 @@ class GuardedReward:
     many executor threads at once): each concurrent call uses its own child, up to ``processes`` of them; a call
     that finds them all busy waits for one, and that wait does not count against the limit."""
 
-    def __init__(self, path: str, name: str, reward_kwargs: dict | None, timeout_s: float, processes: int = 4):
+    def __init__(self, path: str, name: str, reward_kwargs: dict | None, timeout_s: float, processes: int = GuardSettings.processes):
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         self.path = path if path.startswith("pkg://") else os.path.abspath(path.removeprefix("file://"))

@@ -304,17 +304,16 @@ def _check_rollout(config: DictConfig) -> None:
             raise ConfigError("the hf rollout runs one process per replica: set "
                               "actor_rollout_ref.rollout.tensor_model_parallel_size=1")
         # the engine's own lists: a new engine option or dtype needs no change here
-        from randopt_verl.cpu.hf_engine import HF_OPTIONS, resolve_dtype
+        from randopt_verl.cpu.hf_engine import HFOptions, resolve_dtype
 
         try:
             resolve_dtype(rollout.get("dtype", "auto"))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        hf = (rollout.get("engine_kwargs") or {}).get("hf") or {}
-        unknown = sorted(set(hf) - set(HF_OPTIONS))
-        if unknown:
-            raise ConfigError(f"actor_rollout_ref.rollout.engine_kwargs.hf has unknown key(s) {unknown}; known: "
-                              f"{', '.join(sorted(HF_OPTIONS))}")
+        try:
+            HFOptions.of(rollout)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
     if rollout.name == "vllm" and str(config.trainer.device) == "cpu":
         _check_vllm_on_cpu(rollout)
     _check_replicas(config)

@@ -7,11 +7,14 @@ each other). `typed(config, "randopt")` turns the composed node into its datacla
 closest known one, a value of the wrong type or out of range raises `ConfigError` with the fix. Checks that need
 other parts of the config (files, the rollout backend, verl's keys) are in randopt_verl/validate.py.
 
-The trainers keep reading the composed DictConfig (`self.config.randopt.population_size`); these classes check it.
+The trainers read these objects, not the raw DictConfig: `SearchTrainer.settings` is `typed(config, "randopt")` (or
+"es"), made once when the trainer starts, so each key has one definition, one default and one check, and every use
+is a typed attribute (tests/test_config_comments.py holds every key to a read in the code that runs).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
@@ -21,8 +24,10 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from verl.base_config import BaseConfig
 
 from randopt_verl.config.errors import ConfigError, closest
+from randopt_verl.core import merge
+from randopt_verl.core.population import ParamFilter
 
-__all__ = ["ConfigError", "ConsolidateConfig", "ControlsConfig", "ESConfig", "ParamFilterConfig", "RandOptConfig", "SelectionConfig", "typed"]
+__all__ = ["ConfigError", "ConsolidateConfig", "ControlsConfig", "ESConfig", "ParamFilterConfig", "RandOptConfig", "SelectionConfig", "plain", "typed"]
 
 
 def doc(default: Any = None, text: str = "", *, factory=None):
@@ -66,6 +71,10 @@ class ParamFilterConfig(BaseConfig):
     include: Optional[list[str]] = doc(None, "perturb only names matching one of these (null: every floating tensor)")
     exclude: Optional[list[str]] = doc(None, "never perturb names matching one of these (null: none excluded)")
 
+    def build(self) -> ParamFilter:
+        """The filter object the trainers pass on (core/population.py)."""
+        return ParamFilter(self.include, self.exclude)
+
     def check(self, prefix: str) -> None:
         for key in ("include", "exclude"):
             for pattern in getattr(self, key) or []:
@@ -98,7 +107,7 @@ class ControlsConfig(BaseConfig):
 
 @dataclass
 class ConsolidateConfig(BaseConfig):
-    """One model out of the experts, without gradients (randopt_verl/trainers/consolidate.py)."""
+    """One model out of the experts, without gradients (the merge: randopt_verl/core/merge.py)."""
 
     enabled: bool = doc(False, "run the consolidation when the search ends (false: the search's results only)")
     weighting: str = doc("zscore", "how members are weighted from their selection scores: zscore (unit-length "
@@ -110,12 +119,14 @@ class ConsolidateConfig(BaseConfig):
                                        "seeded permutation), scored the same way")
 
     def __post_init__(self):
-        from randopt_verl.trainers.consolidate import Settings, check  # the trainer's own check, one place
-
-        try:
-            check(Settings(self.enabled, self.weighting, self.over, tuple(self.scales), self.shuffled_control))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        if self.weighting not in merge.WEIGHTINGS:
+            raise ConfigError(f"randopt.consolidate.weighting={self.weighting!r}: use one of "
+                              f"{', '.join(merge.WEIGHTINGS)}")
+        if self.over not in merge.OVER:
+            raise ConfigError(f"randopt.consolidate.over={self.over!r}: use one of {', '.join(merge.OVER)}")
+        if not self.scales or any(not math.isfinite(x) or x <= 0 for x in self.scales):
+            raise ConfigError(f"randopt.consolidate.scales={list(self.scales)}: give a non-empty list of positive "
+                              "scales, e.g. [0.5,1.0,2.0]")
 
 
 @dataclass
@@ -259,6 +270,13 @@ class ESConfig(BaseConfig):
 
 
 # ------------------------------------------------------------------------------------------------ loading
+
+
+def plain(node: BaseConfig) -> dict[str, Any]:
+    """A typed node's keys and values as plain data (nested nodes too; verl's ``_target_`` left out): what a run's
+    identity records."""
+    return {f.name: plain(v) if is_dataclass(v := getattr(node, f.name)) else v
+            for f in fields(node) if f.name != "_target_"}
 
 
 def known_keys(cls, prefix: str) -> list[str]:

@@ -61,3 +61,10 @@ def es_update_(
     with torch.no_grad():
         tensor.copy_(acc.reshape(tensor.shape))
     return tensor
+
+
+def iteration_seeds(seed: int, iteration: int, n: int) -> list[int]:
+    """Candidate seeds of ES iteration ``iteration``: a pure function of (seed, iteration), so resume redraws the
+    same."""
+    rng = np.random.Generator(np.random.PCG64([int(seed), int(iteration)]))
+    return [int(s) for s in rng.integers(0, 2**31 - 1, size=n)]

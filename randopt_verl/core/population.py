@@ -50,7 +50,7 @@ class Candidate:
 class Merged:
     """A model made of several noise terms on the base weights (a consolidated model): ``base + sum_i c_i eps_i``.
 
-    ``index`` is its number among the models evaluated beside the search (randopt_verl.trainers.consolidate);
+    ``index`` is its number among the models evaluated beside the search (randopt_verl.core.merge);
     ``term_list`` the ``(seed, coeff)`` pairs, in summation order."""
 
     index: int
@@ -252,3 +252,13 @@ def perturb_module_(
                 continue
             base = pristine[name]
             param.copy_(combined(base, candidate.terms(), name) if selected else base)
+
+
+# base self-consistency sample s is drawn with seed population_seed * SAMPLE_SEED_STRIDE + s: independent of replica
+# count, order and restarts, and apart from every other population seed's samples
+SAMPLE_SEED_STRIDE = 100003
+
+
+def base_sample_seed(population_seed: int, s: int) -> int:
+    """The sampling seed of the base model's self-consistency sample ``s``."""
+    return int(population_seed) * SAMPLE_SEED_STRIDE + int(s)

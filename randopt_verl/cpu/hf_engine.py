@@ -25,15 +25,54 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Optional
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-# the keys of actor_rollout_ref.rollout.engine_kwargs.hf (read by hf_rollout.hf_options; Ray-free for config checks)
-HF_OPTIONS = ("max_batch_size", "threads", "batch_window_s", "share_prefix", "min_shared_prefix")
+
+
+@dataclass(frozen=True)
+class HFOptions:
+    """`actor_rollout_ref.rollout.engine_kwargs.hf.*`, the `hf` backend's own settings: one definition and one
+    default per key, read by the server (cpu/hf_rollout.py), the harness (its prompt blocks follow the engine's
+    batches, which is what makes results independent of the replica count) and the config checks (validate.py)."""
+
+    # prompts per forward pass; the harness cuts prompt sets into blocks of this size
+    max_batch_size: int = 64
+    # torch threads per replica (None: the host's cores shared by the replicas)
+    threads: Optional[int] = None
+    # how long the server waits to gather concurrent requests into one batch
+    batch_window_s: float = 0.002
+    # encode the prompts' common prefix once per weight change
+    share_prefix: bool = True
+    # shorter common prefixes are not worth a separate forward pass
+    min_shared_prefix: int = 8
+
+    @classmethod
+    def of(cls, rollout: Any) -> "HFOptions":
+        """The options of a rollout config node (``engine_kwargs.hf``; absent keys take the defaults above); an
+        unknown key or a bad value raises ValueError naming the fix."""
+        kw = dict((getattr(rollout, "engine_kwargs", None) or {}).get("hf", None) or {})
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(kw) - set(known))
+        if unknown:
+            raise ValueError(f"actor_rollout_ref.rollout.engine_kwargs.hf has unknown key(s) {unknown}; known: "
+                             f"{', '.join(known)}")
+        opts = cls(**kw)
+        for key in ("max_batch_size", "min_shared_prefix"):
+            value = getattr(opts, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "max_batch_size" else 0):
+                raise ValueError(f"actor_rollout_ref.rollout.engine_kwargs.hf.{key}={value!r} must be an integer "
+                                 f">= {1 if key == 'max_batch_size' else 0}")
+        if opts.threads is not None and (isinstance(opts.threads, bool) or not isinstance(opts.threads, int)
+                                         or opts.threads < 1):
+            raise ValueError(f"actor_rollout_ref.rollout.engine_kwargs.hf.threads={opts.threads!r} must be a "
+                             "positive integer or null")
+        return opts
+
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -177,12 +216,12 @@ class HFEngine:
         *,
         dtype: str | torch.dtype = torch.float32,
         max_response_length: int,
-        max_batch_size: int = 64,
+        max_batch_size: int = HFOptions.max_batch_size,
         threads: int = 1,
         seed: int = 0,
         attn_implementation: str = "auto",
-        share_prefix: bool = True,
-        min_shared_prefix: int = 8,
+        share_prefix: bool = HFOptions.share_prefix,
+        min_shared_prefix: int = HFOptions.min_shared_prefix,
     ) -> None:
         from transformers import AutoModelForCausalLM, DynamicCache, GenerationConfig
         from transformers.cache_utils import DynamicLayer
@@ -389,7 +428,7 @@ class Batcher:
     batches.
     """
 
-    def __init__(self, engine: HFEngine, window_s: float = 0.002) -> None:
+    def __init__(self, engine: HFEngine, window_s: float = HFOptions.batch_window_s) -> None:
         self.engine = engine
         self.window_s = window_s
         self.queue: Optional[asyncio.Queue] = None

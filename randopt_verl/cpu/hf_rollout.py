@@ -22,7 +22,7 @@ import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
-from randopt_verl.cpu.hf_engine import HF_OPTIONS, Batcher, HFEngine, Sampling, resolve_dtype
+from randopt_verl.cpu.hf_engine import Batcher, HFEngine, HFOptions, Sampling, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -30,20 +30,6 @@ logger = logging.getLogger(__name__)
 
 def server_name(replica_rank: int) -> str:
     return f"randopt_verl_hf_server_{replica_rank}"
-
-
-def hf_options(config) -> dict[str, Any]:
-    """`actor_rollout_ref.rollout.engine_kwargs.hf.*`: max_batch_size (default 64), threads (default: the host's
-    cores shared by the replicas), batch_window_s (default 0.002), share_prefix (default true: encode the common
-    prompt prefix once per weight change), min_shared_prefix (default 8 tokens: shorter common prefixes are not
-    worth a separate forward pass)."""
-    kw = dict((getattr(config, "engine_kwargs", None) or {}).get("hf", None) or {})
-    unknown = set(kw) - set(HF_OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"actor_rollout_ref.rollout.engine_kwargs.hf has unknown keys {sorted(unknown)}; known: {', '.join(HF_OPTIONS)}"
-        )
-    return kw
 
 
 class HFServer:
@@ -56,24 +42,24 @@ class HFServer:
 
         self.config = omega_conf_to_dataclass(config)
         self.replica_rank = replica_rank
-        opts = hf_options(self.config)
+        opts = HFOptions.of(self.config)
         # "auto": bf16 where the CPU has bf16 matrix instructions, else fp32 (candidates are formed in fp32 either way)
         dtype = resolve_dtype(self.config.dtype)
-        threads = opts.get("threads") or rollout_threads(max(1, (os.cpu_count() or 1) // max(1, n_replicas)))
+        threads = opts.threads or rollout_threads(max(1, (os.cpu_count() or 1) // max(1, n_replicas)))
         path = getattr(model_config, "local_path", None) or model_config["path"]
         self.engine = HFEngine(
             path,
             dtype=dtype,
             max_response_length=self.config.response_length,
-            max_batch_size=int(opts.get("max_batch_size", 64)),
-            threads=int(threads),
+            max_batch_size=opts.max_batch_size,
+            threads=threads,
             seed=replica_rank + self.config.seed,  # as vLLM's server seed
-            share_prefix=bool(opts.get("share_prefix", True)),
-            min_shared_prefix=int(opts.get("min_shared_prefix", 8)),
+            share_prefix=opts.share_prefix,
+            min_shared_prefix=opts.min_shared_prefix,
         )
         logger.info("hf rollout replica %d: %s, %d threads, shared prefix %s", replica_rank, self.engine.dtype,
                     int(threads), "on" if self.engine.share_prefix else "off")
-        self.batcher = Batcher(self.engine, window_s=float(opts.get("batch_window_s", 0.002)))
+        self.batcher = Batcher(self.engine, window_s=opts.batch_window_s)
         self.global_steps: Optional[int] = None
 
     def _token_output(self, gen) -> TokenOutput:

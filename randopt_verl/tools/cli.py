@@ -21,7 +21,7 @@ Every command runs on any CPU (no GPU, no network):
         --consolidated instead of --rank: the consolidated model (after `randopt-verl consolidate`).
         --dtype fp32|bf16: the checkpoint's dtype (bf16: the fp32 weights rounded once, as a bf16 rollout holds them).
     randopt-verl consolidate RUN_DIR [--out DIR] [--dtype fp32|bf16] [randopt.consolidate.KEY=VALUE ...]
-        Merge the experts of a finished RandOpt run into one model (trainers/consolidate.py): the run's own config
+        Merge the experts of a finished RandOpt run into one model (core/merge.py): the run's own config
         with randopt.consolidate.enabled=true is run again (nothing of the search is redone), results.json gains
         the consolidated model, its shuffled control and intervals; --out exports the model.
     randopt-verl density RUN_DIR
@@ -186,7 +186,7 @@ def _density_args(p: argparse.ArgumentParser) -> None:
 def _density(args: argparse.Namespace) -> int:
     from randopt_verl.core import report
     from randopt_verl.core.rundir import RESULTS, read_json
-    from randopt_verl.tools import plots
+    from randopt_verl.core import plots
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():

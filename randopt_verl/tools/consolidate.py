@@ -5,7 +5,7 @@
 The run's own resolved config (its manifest) is run again through the same trainer, in this process, with
 ``randopt.consolidate.enabled=true`` (plus the given ``randopt.consolidate.*`` settings): the search resumes with
 nothing left to score (every candidate, test answer and control is in the ledgers), so only the consolidation phase
-(randopt_verl.trainers.consolidate) runs, and results.json is rewritten with the consolidated model, its shuffled
+(the RandOpt trainer's `_consolidate`, over randopt_verl.core.merge) runs, and results.json is rewritten with the consolidated model, its shuffled
 control, the intervals and the diagnostics. Hardware: what the run used (the manifest's config names it).
 """
 
@@ -26,7 +26,7 @@ def consolidation_config(run_dir: str | os.PathLike, overrides: Sequence[str] = 
     import yaml
     from omegaconf import OmegaConf
 
-    from randopt_verl.trainers import consolidate
+    from randopt_verl.config.schema import typed
 
     run = RunDir(run_dir)
     if not run.manifest_path.exists():
@@ -46,7 +46,7 @@ def consolidation_config(run_dir: str | os.PathLike, overrides: Sequence[str] = 
                              "its manifest)")
         OmegaConf.update(cfg, key, yaml.safe_load(value), force_add=True)
     OmegaConf.update(cfg, "randopt.run_dir", str(Path(run_dir).resolve()), force_add=True)
-    consolidate.settings(cfg.randopt)  # a bad setting: one line, before Ray starts
+    typed(cfg, "randopt")  # a bad setting: one line (ConfigError), before Ray starts
     return cfg
 
 

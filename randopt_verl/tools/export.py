@@ -4,7 +4,7 @@
     randopt-verl export RUN_DIR --consolidated --out DIR [--dtype fp32|bf16]
 
 An expert is (seed, sigma) on top of the base model, a consolidated model a list of terms (seed, coeff) recorded in
-consolidated.json (randopt_verl.trainers.consolidate); nothing else is stored. `export_expert` and
+consolidated.json (randopt_verl.core.merge); nothing else is stored. `export_expert` and
 `export_consolidated` rebuild the weights the way the rollout does: the base checkpoint loaded in fp32, then
 ``perturb_module_`` (randopt_verl.core.population) with the run's parameter filter, so every selected parameter
 becomes ``combined(base, terms)`` = ``base + sum coeff * noise(seed, name)`` computed in fp32, a tied weight

@@ -16,41 +16,37 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from omegaconf import OmegaConf
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 
+from randopt_verl.config import schema  # a module import (see trainers/harness.py)
 from randopt_verl.console import phase_bar
-from randopt_verl.core import noise
-from randopt_verl.core.es_update import zscore
-from randopt_verl.core.population import Candidate, ParamFilter
-from randopt_verl.core.rundir import RunDir, append_jsonl, fingerprint_files, hash_rows, keep_until, model_files
-from randopt_verl.trainers.harness import Cost, PromptSet, SearchTrainer, greedy
+from randopt_verl.core.cost import Cost
+from randopt_verl.core.es_update import iteration_seeds, zscore
+from randopt_verl.core.population import Candidate
+from randopt_verl.core.rundir import RunDir, append_jsonl, hash_rows, keep_until
+from randopt_verl.trainers.harness import PromptSet, SearchTrainer, greedy
 
 logger = logging.getLogger(__name__)
 
 
-def iteration_seeds(seed: int, iteration: int, n: int) -> list[int]:
-    """Candidate seeds of one iteration: a pure function of (seed, iteration), so resume redraws the same."""
-    rng = np.random.Generator(np.random.PCG64([int(seed), int(iteration)]))
-    return [int(s) for s in rng.integers(0, 2**31 - 1, size=n)]
-
-
 @register_trainer("es")
 class ESTrainer(SearchTrainer):
+    node = "es"
+    settings: schema.ESConfig
+
     def fit(self, agent_loop_manager=None):
-        es = self.config.es
-        n, sigma, alpha = int(es.population_size), float(es.sigma), float(es.alpha)
-        iterations = int(self.config.trainer.total_training_steps)
-        param_filter = ParamFilter.from_config(OmegaConf.to_container(es.param_filter, resolve=True))
-        selection = self.prompts(self.train_dataset, es.selection_size)
-        test = self.prompts(self.val_dataset, es.test_size)
+        es = self.settings
+        iterations = self.config.trainer.total_training_steps
+        selection, test = self.selection_and_test()
 
         # the run directory; verl's _setup restored the actor from the latest checkpoint and set global_steps:
-        # records and cost as of that checkpoint
-        run = self._open_run(selection, test, param_filter)
+        # records and cost as of that checkpoint. What defines the trajectory: model, noise, data, ES settings,
+        # reward and rollout, and the test set too (a validation curve measured on two test sets is not one curve)
+        run = self.open_run(selection, {"seed": es.seed, "population_size": es.population_size, "sigma": es.sigma,
+                                        "alpha": es.alpha},
+                            identity={"method": "es", "test_set_hash": hash_rows(test.identity())})
         self._restore(run)
-        self.open_log(run, "es")
-        self.use(param_filter, "auto")  # the (possibly restored) weights into every replica
+        self.use("auto")  # the (possibly restored) weights into every replica
         if self.global_steps == 0 and self.config.trainer.get("val_before_train", True):
             self.log(self._validate(test))
 
@@ -59,8 +55,9 @@ class ESTrainer(SearchTrainer):
             it = self.global_steps + 1
             wall_before = self.cost.wall_s
             # 1. N members, R at a time (one per replica), scored on the same selection batch
-            members = [Candidate(index=i, seed=s, sigma=sigma) for i, s in enumerate(iteration_seeds(es.seed, it, n))]
-            rewards = np.zeros(n)
+            members = [Candidate(index=i, seed=s, sigma=es.sigma)
+                       for i, s in enumerate(iteration_seeds(es.seed, it, es.population_size))]
+            rewards = np.zeros(es.population_size)
             for chunk in self.replica_chunks(members):
                 for r, ev in self.evaluate(chunk, selection, greedy(self.response_length), self.cost).items():
                     rewards[chunk[r].index] = float(np.mean([s["score"] for s in ev.samples]))
@@ -68,16 +65,17 @@ class ESTrainer(SearchTrainer):
             #    weight sync of the new weights into every replica (weights-in: training cost)
             z = zscore(rewards)
             append_jsonl(run.es_iterations_path, {
-                "iteration": it, "seeds": [c.seed for c in members], "sigma": sigma, "alpha": alpha,
+                "iteration": it, "seeds": [c.seed for c in members], "sigma": es.sigma, "alpha": es.alpha,
                 "rewards": [float(r) for r in rewards], "z": [float(v) for v in z]})
             with self.cost.timed():
-                self.actor_rollout_wg.es_update([c.seed for c in members], [float(v) for v in z], alpha, param_filter)
+                self.actor_rollout_wg.es_update([c.seed for c in members], [float(v) for v in z], es.alpha,
+                                                self.param_filter)
                 self.load_base()
             self.global_steps = it
             metrics = {"es/reward_mean": float(rewards.mean()), "es/reward_max": float(rewards.max()),
                        "es/reward_std": float(rewards.std()), "es/iteration_s": self.cost.wall_s - wall_before}
             # 3. validation and checkpoint (neither is training cost)
-            last, freq, save = it == iterations, int(self.config.trainer.test_freq), int(self.config.trainer.save_freq)
+            last, freq, save = it == iterations, self.config.trainer.test_freq, self.config.trainer.save_freq
             if last or (freq > 0 and it % freq == 0):
                 metrics.update(self._validate(test))
             if save > 0 and (last or it % save == 0):
@@ -86,24 +84,6 @@ class ESTrainer(SearchTrainer):
             bar.update(1)
         bar.close()
         run.close()
-
-    def _open_run(self, selection: PromptSet, test: PromptSet, param_filter: ParamFilter) -> RunDir:
-        """What defines the trajectory: model, noise, data, ES settings, reward and rollout. The test set is part of
-        it too: a validation curve measured on two test sets is not one curve."""
-        es = self.config.es
-        identity = {
-            "method": "es",
-            "model_fingerprint": fingerprint_files(model_files(self.config.actor_rollout_ref.model.path)),
-            "noise_spec_version": noise.NOISE_SPEC,
-            "selection_set_hash": hash_rows(selection.identity()),
-            "test_set_hash": hash_rows(test.identity()),
-            "search": {"seed": int(es.seed), "population_size": int(es.population_size), "sigma": float(es.sigma),
-                       "alpha": float(es.alpha), "param_filter": param_filter.to_dict(),
-                       "generation": greedy(self.response_length).identity(),
-                       "reward": OmegaConf.to_container(self.config.reward.custom_reward_function, resolve=True)},
-            "rollout": self.rollout_identity(),
-        }
-        return RunDir.open(es.run_dir, identity=identity, config=OmegaConf.to_container(self.config, resolve=True))
 
     def _validate(self, test: PromptSet) -> dict[str, float]:
         """Greedy test accuracy of the current weights (every replica holds them after a sync), the test prompts

@@ -24,9 +24,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional, Sequence, TypeVar, Union
+from typing import Any, ClassVar, Iterator, Mapping, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import ray
@@ -36,57 +35,19 @@ from verl import DataProto
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
 from randopt_verl import preflight
+# a module import: `import verl` (which schema needs) loads verl's plugins, which import this module while schema is
+# still initializing; its names are looked up when a trainer starts
+from randopt_verl.config import schema
+from randopt_verl.core import noise
+from randopt_verl.core.cost import Cost
 from randopt_verl.core.population import Candidate, Merged, ParamFilter
-from randopt_verl.core.rundir import RunDir, append_jsonl, candidate_row
+from randopt_verl.core.rundir import RunDir, append_jsonl, candidate_row, fingerprint_files, hash_rows, model_files
 from randopt_verl.core.vote import normalise_reward
+from randopt_verl.cpu.hf_engine import HFOptions
 from randopt_verl.workers import use_search_worker
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# the hf engine's batch size when engine_kwargs.hf.max_batch_size is not set (randopt_verl/cpu/hf_rollout.py)
-HF_DEFAULT_MAX_BATCH = 64
-
-
-@dataclass
-class Cost:
-    """Cumulative cost on one axis for every method (see the module docstring for what counts)."""
-
-    rollouts: int = 0
-    tokens: int = 0
-    wall_s: float = 0.0
-
-    def add(self, rollouts: int, tokens: int, wall_s: float) -> None:
-        self.rollouts += int(rollouts)
-        self.tokens += int(tokens)
-        self.wall_s += float(wall_s)
-
-    @contextmanager
-    def timed(self) -> Iterator[None]:
-        """Adds the wall time of the block (work that generates nothing, e.g. the ES update and its sync)."""
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.wall_s += time.perf_counter() - t0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"rollouts": self.rollouts, "tokens": self.tokens, "wall_s": round(self.wall_s, 3)}
-
-    def metrics(self) -> dict[str, float]:
-        return {f"cost/{k}": v for k, v in self.as_dict().items()}
-
-    @classmethod
-    def from_metrics(cls, data: Mapping[str, Any]) -> "Cost":
-        return cls(int(data["cost/rollouts"]), int(data["cost/tokens"]), float(data["cost/wall_s"]))
-
-    @classmethod
-    def of_rows(cls, rows: Sequence[Mapping[str, Any]]) -> "Cost":
-        """The cost of ledger rows (each row carries its n, tokens and share of the wall time)."""
-        cost = cls()
-        for r in rows:
-            cost.add(r["n"], r["tokens"], r["wall_s"])
-        return cost
 
 
 @dataclass
@@ -169,14 +130,20 @@ _UNKNOWN = object()
 class SearchTrainer(PPOTrainer):
     """Base of the randopt and es trainers (registered by their modules)."""
 
+    node: ClassVar[str]  # the config node this trainer reads: "randopt" or "es"
+    settings: Union[schema.RandOptConfig, schema.ESConfig]  # that node as its checked dataclass
+
     def __init__(self, config: DictConfig):
         # checks and runtime defaults before any model loads (verl's entry point skips randopt_verl.main)
         preflight.trainer_init(config)
         super().__init__(config)
+        # the one typed reading of our node, verl's way (a dataclass with its defaults and checks): every use below
+        # reads an attribute of it, with its type, never the raw DictConfig
+        self.settings = schema.typed(config, self.node)
+        self.param_filter: ParamFilter = self.settings.param_filter.build()
         self.cost = Cost()  # the search or training work (see the module docstring)
         self.test_cost = Cost()  # test answers and controls (RandOpt), reported apart
-        self.param_filter = ParamFilter()
-        self.how = "sync"
+        self.how = "sync"  # how candidates reach the replicas: "server" (hf, in place) or "sync" (the FSDP stream)
         self._held: dict[int, Any] = {}  # replica -> the candidate it holds (None: base); missing: unknown
 
     # -- verl hooks -----------------------------------------------------------------------------------------
@@ -207,16 +174,45 @@ class SearchTrainer(PPOTrainer):
             })
         return PromptSet(ids=ids, rows=rows)
 
+    def selection_and_test(self) -> tuple[PromptSet, PromptSet]:
+        """The selection set (the first ``selection_size`` rows of data.train_files) and the test set (the first
+        ``test_size`` rows of data.val_files), tokenized as verl's agent loop would."""
+        return (self.prompts(self.train_dataset, self.settings.selection_size),
+                self.prompts(self.val_dataset, self.settings.test_size))
+
     @property
     def response_length(self) -> int:
-        return int(self.config.actor_rollout_ref.rollout.response_length)
+        return self.config.actor_rollout_ref.rollout.response_length
 
     def rollout_identity(self) -> dict[str, Any]:
         """What of the rollout changes scores: backend, dtype and tensor parallelism (a run scored on one must not
         be resumed on another)."""
         rollout = self.config.actor_rollout_ref.rollout
-        return {"name": str(rollout.name), "dtype": str(rollout.dtype),
-                "tensor_model_parallel_size": int(rollout.tensor_model_parallel_size)}
+        return {"name": rollout.name, "dtype": rollout.dtype,
+                "tensor_model_parallel_size": rollout.tensor_model_parallel_size}
+
+    def open_run(self, selection: PromptSet, search: dict[str, Any], *, identity: Optional[dict[str, Any]] = None,
+                 test_identity: Optional[dict[str, Any]] = None, n_candidates: Optional[int] = None) -> RunDir:
+        """The run directory (``settings.run_dir``) with this run's identity, and the metrics log opened in it.
+
+        What every RandOpt and ES identity holds: the model's files, the noise spec, the selection set, the method's
+        search settings (``search``, plus the parameter filter, the greedy generation and the reward function) and the
+        rollout; ``identity`` adds the method's own keys (ES: the test set). A resume against a different identity
+        is refused naming the key (core/rundir.py)."""
+        full = {
+            "model_fingerprint": fingerprint_files(model_files(self.config.actor_rollout_ref.model.path)),
+            "noise_spec_version": noise.NOISE_SPEC,
+            "selection_set_hash": hash_rows(selection.identity()),
+            **(identity or {}),
+            "search": {**search, "param_filter": self.param_filter.to_dict(),
+                       "generation": greedy(self.response_length).identity(),
+                       "reward": OmegaConf.to_container(self.config.reward.custom_reward_function, resolve=True)},
+            "rollout": self.rollout_identity(),
+        }
+        run = RunDir.open(self.settings.run_dir, identity=full, test_identity=test_identity, n_candidates=n_candidates,
+                          config=OmegaConf.to_container(self.config, resolve=True))
+        self.open_log(run, self.node)
+        return run
 
     # -- replicas -------------------------------------------------------------------------------------------
     @property
@@ -227,15 +223,11 @@ class SearchTrainer(PPOTrainer):
     def rollout_name(self) -> str:
         return str(self.config.actor_rollout_ref.rollout.name)
 
-    def perturb_at(self, setting: str) -> str:
-        if setting == "auto":
-            return "server" if self.rollout_name == "hf" else "sync"
-        return setting
-
-    def use(self, param_filter: ParamFilter, perturb_at: str) -> None:
-        """The parameter filter and perturbation path every later `evaluate` uses; then the base weights into every
-        replica (vLLM starts with dummy weights; hf takes its pristine copy here). Start-up: not counted as cost."""
-        self.param_filter, self.how = param_filter, self.perturb_at(perturb_at)
+    def use(self, perturb_at: str) -> None:
+        """The perturbation path every later `evaluate` uses ("auto": in place on hf servers, the FSDP stream
+        otherwise); then the base weights into every replica (vLLM starts with dummy weights; hf takes its pristine
+        copy here). Start-up: not counted as cost."""
+        self.how = ("server" if self.rollout_name == "hf" else "sync") if perturb_at == "auto" else perturb_at
         self.load_base()
 
     def load_base(self) -> None:
@@ -254,9 +246,7 @@ class SearchTrainer(PPOTrainer):
         answered in the same batch (the same padding and arithmetic) whatever the replica count; vLLM schedules
         requests itself (bit-reproducible only with verl's full_determinism), so the prompts are split evenly."""
         if self.rollout_name == "hf":
-            from randopt_verl.cpu.hf_rollout import hf_options
-
-            size = int(hf_options(self.config.actor_rollout_ref.rollout).get("max_batch_size", HF_DEFAULT_MAX_BATCH))
+            size = HFOptions.of(self.config.actor_rollout_ref.rollout).max_batch_size
         else:
             size = -(-len(prompts) // len(self.replicas))
         return prompts.blocks(max(1, size))

@@ -7,10 +7,10 @@ the selection set whose survivors reach the ledger: core/halving.py) -> top-K ->
 control population (randopt.sigma_choice=dev: first, each sigma's top-K on a dev split held out of the selection
 data, and the chosen sigma's top-K on test: core/sigma_choice.py) and the base model's self-consistency samples,
 spread over the replicas the same way -> votes (selected top-k,
-random-k, base self-consistency) -> optionally one consolidated model and its shuffled control (trainers/consolidate.py)
+random-k, base self-consistency) -> optionally one consolidated model and its shuffled control (core/merge.py)
 -> results.json with intervals, selection diagnostics (core/diagnostics.py), accuracy vs N from ledger prefixes
 (randopt.accuracy_vs_n, core/acc_vs_n.py) and plots (rendered by randopt_verl.core.report and
-randopt_verl.tools.plots), tracking.
+randopt_verl.core.plots), tracking. The settings are `self.settings`, the typed `randopt` node (config/schema.py).
 Every evaluation is on disk (ledger.jsonl, test_ledger.jsonl; names and indices: randopt_verl.core.rundir) before it
 counts; a restarted run skips it.
 """
@@ -20,45 +20,41 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Mapping, Optional
 
-from omegaconf import OmegaConf
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 
-from randopt_verl.core import acc_vs_n, diagnostics, halving, noise, sigma_choice, vote
-from randopt_verl.core.population import Candidate, ParamFilter, sample_population
-from randopt_verl.core.rundir import (BASE, Ledger, RunDir, base_sample_index, base_sample_number, fingerprint_files,
-                                      hash_rows, model_files, verify_rows)
-from randopt_verl.trainers import consolidate
-from randopt_verl.trainers.harness import Cost, PromptSet, Sampling, SearchTrainer, greedy, sampled
+from randopt_verl.config import schema  # a module import (see trainers/harness.py)
 from randopt_verl.console import phase_bar  # tqdm that also feeds the quiet console
+from randopt_verl.core import acc_vs_n, diagnostics, halving, merge, plots, sigma_choice, vote
+from randopt_verl.core.cost import Cost
+from randopt_verl.core.population import Candidate, base_sample_seed, sample_population
+from randopt_verl.core.rundir import BASE, Ledger, RunDir, base_sample_index, base_sample_number, hash_rows, verify_rows
+from randopt_verl.trainers.harness import PromptSet, Sampling, SearchTrainer, greedy, sampled
 
 logger = logging.getLogger(__name__)
-
-# base self-consistency sample s is drawn with seed population_seed * SAMPLE_SEED_STRIDE + s
-SAMPLE_SEED_STRIDE = 100003
 
 
 @register_trainer("randopt")
 class RandOptTrainer(SearchTrainer):
+    node = "randopt"
+    settings: schema.RandOptConfig
+
     def fit(self, agent_loop_manager=None):
-        ro = self.config.randopt
-        ks = sorted({int(k) for k in ro.ensemble_ks})
-        param_filter = ParamFilter.from_config(OmegaConf.to_container(ro.param_filter, resolve=True))
-        merge = consolidate.settings(ro)  # a bad consolidation setting fails here, before any evaluation
+        ro = self.settings
+        ks = sorted(set(ro.ensemble_ks))
 
         # 1. the selection and test prompts, tokenized as verl's agent loop would; with sigma_choice=dev the last
         #    dev_size selection rows are held out of the search as the dev split (sigma is chosen there, never on test)
-        selection = self.prompts(self.train_dataset, ro.selection_size)
+        selection, test = self.selection_and_test()
         dev = None
         if ro.sigma_choice == "dev":
-            if int(ro.dev_size) >= len(selection):
+            if ro.dev_size >= len(selection):
                 raise ValueError(f"randopt.dev_size={ro.dev_size} leaves none of the {len(selection)} selection rows "
                                  "for the search: lower randopt.dev_size or add rows to data.train_files")
-            selection, dev = selection.split(len(selection) - int(ro.dev_size))
-        test = self.prompts(self.val_dataset, ro.test_size)
+            selection, dev = selection.split(len(selection) - ro.dev_size)
 
         # 2. the run directory: resume only the same search, reuse test answers only for the same test set
-        run = self._open_run(selection, test, param_filter, dev)
-        population = sample_population(int(ro.seed), int(ro.population_size), list(ro.sigmas))
+        run = self._open_run(selection, test, dev)
+        population = sample_population(ro.seed, ro.population_size, ro.sigmas)
         verify_rows(run.finished().values(), [(c.seed, c.sigma) for c in population])
         # what a resumed run spent before the restart: every ledger row carries its share (a halving survivor's
         # joined row repeats its block rows' share, so the block rows are counted instead); the dev answers that
@@ -66,9 +62,8 @@ class RandOptTrainer(SearchTrainer):
         search_rows = ([r for r in run.ledger.read().rows if not r.get("from_blocks")]
                        + run.selection_blocks.read().rows + run.dev_ledger.read().rows)
         self.cost, self.test_cost = Cost.of_rows(search_rows), Cost.of_rows(run.test_ledger.read().rows)
-        self.open_log(run, "randopt")
         print(f"randopt: run directory {run.path}: {len(run.finished())}/{len(population)} candidates already scored")
-        self.use(param_filter, ro.perturb_at)  # base weights into every replica
+        self.use(ro.perturb_at)  # base weights into every replica
 
         # 3. the base model on the selection set (the line a candidate must beat), its prompts over all replicas
         if BASE not in run.ledger.read().by_index:
@@ -95,21 +90,21 @@ class RandOptTrainer(SearchTrainer):
 
         # 5. top-K by selection score (ties: lower index) -> topk.json
         rows = [r for i, r in run.finished().items() if i < len(population)]
-        ranked = vote.rank(rows)[: int(ro.top_k)]
-        run.write_topk({"k": int(ro.top_k), "experts": [_expert(i, r) for i, r in enumerate(ranked)]})
+        ranked = vote.rank(rows)[: ro.top_k]
+        run.write_topk({"k": ro.top_k, "experts": [_expert(i, r) for i, r in enumerate(ranked)]})
 
         # 6. test answers: base, every top-K expert and the control population (the first P candidates by index,
         #    a random subset because the population is random), greedy (with accuracy_vs_n, also the experts of the
         #    smaller prefixes' top-K); then the base model's self-consistency samples (same forward passes as
         #    maj@max(k)), each with its own seed. Members spread over the replicas.
         controls = ro.controls
-        n_control = int(controls.population or min(len(population), 4 * max(ks))) if controls.random_k_draws > 0 else 0
+        n_control = (controls.population or min(len(population), 4 * max(ks))) if controls.random_k_draws > 0 else 0
         members: dict[int, Optional[Candidate]] = {BASE: None}
         members.update({r["index"]: population[r["index"]] for r in ranked})
         members.update({c.index: c for c in population[:n_control]})
         # accuracy vs N (randopt.accuracy_vs_n): the experts of every prefix's top-K (N/8, N/4, N/2 of this ledger)
-        ns = acc_vs_n.sizes(len(population), int(ro.top_k)) if ro.accuracy_vs_n else []
-        extra = [i for i in acc_vs_n.members({r["index"]: r for r in rows}, ns, int(ro.top_k)) if i not in members]
+        ns = acc_vs_n.sizes(len(population), ro.top_k) if ro.accuracy_vs_n else []
+        extra = [i for i in acc_vs_n.members({r["index"]: r for r in rows}, ns, ro.top_k) if i not in members]
         members.update({i: population[i] for i in extra})
         self._answer(run.test_ledger, members, test, lambda i: greedy(self.response_length), self.test_cost,
                      "test answers")
@@ -117,7 +112,7 @@ class RandOptTrainer(SearchTrainer):
         # there is chosen (core/sigma_choice.py, no test answer read), and its top-K answers the test set
         choice = None
         if dev is not None:
-            by_sigma = sigma_choice.per_sigma_top_k({r["index"]: r for r in rows}, int(ro.top_k))
+            by_sigma = sigma_choice.per_sigma_top_k({r["index"]: r for r in rows}, ro.top_k)
             self._answer(run.dev_ledger, {i: population[i] for ids in by_sigma.values() for i in ids}, dev,
                          lambda i: greedy(self.response_length), self.cost, "dev answers (sigma choice)")
             choice = sigma_choice.choose(run.dev_ledger.read().by_index, by_sigma)
@@ -125,13 +120,13 @@ class RandOptTrainer(SearchTrainer):
                          lambda i: greedy(self.response_length), self.test_cost, "test answers (chosen sigma)")
         n_samples = max(ks) if controls.base_self_consistency else 0
         self._answer(run.test_ledger, {base_sample_index(s): None for s in range(n_samples)}, test,
-                     lambda i: sampled(self.response_length, float(controls.temperature),
-                                       seed=int(ro.seed) * SAMPLE_SEED_STRIDE + base_sample_number(i)),
+                     lambda i: sampled(self.response_length, controls.temperature,
+                                       seed=base_sample_seed(ro.seed, base_sample_number(i))),
                      self.test_cost, "base samples")
 
-        # 7. one model out of the experts (trainers/consolidate.py), if enabled: merged models scored on the selection
-        #    set, the best scale's model and its shuffled control answer the test set
-        merged = consolidate.run(self, run, rows, ranked, merge, selection, test) if merge.enabled else None
+        # 7. one model out of the experts (core/merge.py), if enabled: merged models scored on the selection set, the
+        #    best scale's model and its shuffled control answer the test set
+        merged = self._consolidate(run, rows, ranked, selection, test) if ro.consolidate.enabled else None
 
         # 8. votes, controls, intervals, diagnostics -> results.json, tracking, plots (the tools render the tables)
         results = self._results(rows, ranked, base_row, run.test_ledger.read().by_index, ks,
@@ -145,17 +140,15 @@ class RandOptTrainer(SearchTrainer):
                                            dev_cost=Cost.of_rows(run.dev_ledger.read().rows).as_dict())
         if ns:
             results["accuracy_vs_n"] = acc_vs_n.curve(test_table, {r["index"]: r for r in rows}, ns, ks,
-                                                      int(ro.top_k), len(extra))
+                                                      ro.top_k, len(extra))
         diagnostics.annotate(results, run.test_ledger.read().by_index, run.ledger.read().by_index,
                              [c.index for c in population[:n_control]],
-                             consolidate.results_block(merged) if merged else None,
+                             merge.results_block(merged) if merged else None,
                              merged["test_rows"] if merged else None)
         run.write_results(results)
         self.log(_flat_metrics(results))
         print(f"randopt: results in {run.results_path}; tables and plots: randopt-verl density {run.path}")
         if ro.plots:
-            from randopt_verl.tools import plots
-
             for path in plots.draw(run.path):
                 print(f"randopt: wrote {path}")
         run.close()
@@ -167,10 +160,9 @@ class RandOptTrainer(SearchTrainer):
         next block answer it, R at a time; each block row is on disk before the next chunk. When the race is over,
         each survivor's block rows joined into one full selection-set row go into the ledger. Returns results.json's
         ``selection`` block."""
-        ro = self.config.randopt
-        blocks = selection.blocks(int(ro.selection.block_size))
-        rule = halving.Rule(int(ro.top_k), float(ro.selection.z), float(ro.selection.margin),
-                            int(ro.selection.min_prompts))
+        ro = self.settings
+        blocks = selection.blocks(ro.selection.block_size)
+        rule = halving.Rule(ro.top_k, ro.selection.z, ro.selection.margin, ro.selection.min_prompts)
         cands = {c.index: c for c in population}
         while True:
             rows = self._block_rows(run, cands, len(blocks))
@@ -190,7 +182,7 @@ class RandOptTrainer(SearchTrainer):
             if i not in scored:
                 run.ledger.append(halving.join_rows(i, [rows[(i, b)] for b in range(len(blocks))]))
         return halving.summary(state, rule, n_candidates=len(population), n_selection=len(selection),
-                               block_size=int(ro.selection.block_size), n_blocks=len(blocks),
+                               block_size=ro.selection.block_size, n_blocks=len(blocks),
                                block_rows=list(rows.values()))
 
     @staticmethod
@@ -205,32 +197,20 @@ class RandOptTrainer(SearchTrainer):
                     {r["index"]: (cands[i].seed, cands[i].sigma) for (i, _), r in out.items()})
         return out
 
-    def _open_run(self, selection: PromptSet, test: PromptSet, param_filter: ParamFilter,
-                  dev: Optional[PromptSet] = None) -> RunDir:
-        """The run directory with this search's identity (what defines the candidates and their scores) and its
-        test identity (what defines the test answers)."""
-        ro = self.config.randopt
-        identity = {
-            "model_fingerprint": fingerprint_files(model_files(self.config.actor_rollout_ref.model.path)),
-            "noise_spec_version": noise.NOISE_SPEC,
-            "selection_set_hash": hash_rows(selection.identity()),
-            **({"dev_set_hash": hash_rows(dev.identity())} if dev is not None else {}),
-            "search": {"population_seed": int(ro.seed), "sigmas": [float(s) for s in ro.sigmas],
-                       "param_filter": param_filter.to_dict(),
-                       # halving decides who answers which prompts (a full run's identity stays as it was)
-                       **({"selection": OmegaConf.to_container(ro.selection, resolve=True)}
-                          if ro.selection.strategy != "full" else {}),
-                       "generation": greedy(self.response_length).identity(),
-                       "reward": OmegaConf.to_container(self.config.reward.custom_reward_function, resolve=True)},
-            "rollout": self.rollout_identity(),
-        }
+    def _open_run(self, selection: PromptSet, test: PromptSet, dev: Optional[PromptSet]) -> RunDir:
+        """The run directory with this search's identity (what defines the candidates and their scores; the shared
+        part is `SearchTrainer.open_run`'s) and its test identity (what defines the test answers)."""
+        ro = self.settings
+        search = {"population_seed": ro.seed, "sigmas": ro.sigmas,
+                  # halving decides who answers which prompts (a full run's identity stays as it was)
+                  **({"selection": schema.plain(ro.selection)} if ro.selection.strategy != "full" else {})}
         test_identity = {"test_set_hash": hash_rows(test.identity()),
                          "generation": greedy(self.response_length).identity(),
                          # the base samples' temperature changes their answers; the other control settings only
                          # choose how many answers exist (more are added on resume, none is reinterpreted)
-                         "controls": {"temperature": float(ro.controls.temperature)}}
-        return RunDir.open(ro.run_dir, identity=identity, test_identity=test_identity,
-                           n_candidates=int(ro.population_size), config=OmegaConf.to_container(self.config, resolve=True))
+                         "controls": {"temperature": ro.controls.temperature}}
+        return self.open_run(selection, search, test_identity=test_identity, n_candidates=ro.population_size,
+                             identity={"dev_set_hash": hash_rows(dev.identity())} if dev is not None else None)
 
     def _answer(self, ledger: Ledger, members: Mapping[int, Optional[Candidate]], prompts: PromptSet,
                 sampling_of: Callable[[int], Sampling], cost: Cost, desc: str,
@@ -250,8 +230,37 @@ class RandOptTrainer(SearchTrainer):
                 after_chunk()
         bar.close()
 
+    def _consolidate(self, run: RunDir, rows, ranked, selection: PromptSet, test: PromptSet) -> dict:
+        """`randopt.consolidate`: plan the merged models (core/merge.py), score them on the selection set, choose
+        each variant's scale there, answer the test set with the chosen ones. Returns the record (also written to
+        consolidated.json) with the chosen models' test rows under ``"test_rows"`` (not written)."""
+        record = merge.plan(rows, ranked, self.settings.consolidate, self.settings.seed)
+        old = run.consolidated()
+        if old is not None and {k: old.get(k) for k in record} != record:
+            print("randopt: the consolidation plan changed (settings or candidates): its evaluations are redone")
+            run.reset_consolidation()
+        run.write_consolidated(record)
+        models = {m["index"]: merge.merged(m) for m in record["models"]}
+        sampling = lambda i: greedy(self.response_length)  # noqa: E731
+        # the consolidation's own costs, reported in its results block (the search's cost is unchanged)
+        sel_cost = Cost.of_rows(run.consolidation_ledger.read().rows)
+        self._answer(run.consolidation_ledger, models, selection, sampling, sel_cost, "merged models (selection)")
+        by_index = run.consolidation_ledger.read().by_index
+        scores = {i: by_index[i]["score"] for i in models}
+        record["selection_scores"] = {str(i): v for i, v in scores.items()}
+        chosen = {v: merge.choose(record["models"], scores, v) for v in merge.VARIANTS}
+        chosen = {v: m for v, m in chosen.items() if m is not None}
+        record["chosen"] = {v: m["index"] for v, m in chosen.items()}
+        test_cost = Cost.of_rows(run.consolidation_test_ledger.read().rows)
+        self._answer(run.consolidation_test_ledger, {m["index"]: models[m["index"]] for m in chosen.values()},
+                     test, sampling, test_cost, "merged models (test)")
+        run.write_consolidated(record)
+        tests = run.consolidation_test_ledger.read().by_index
+        return dict(record, test_rows={v: tests[m["index"]] for v, m in chosen.items()},
+                    selection_cost=Cost.of_rows([by_index[i] for i in models]).as_dict())
+
     def _results(self, rows, ranked, base_row, test_rows, ks, control_pop, n_samples) -> dict[str, Any]:
-        ro = self.config.randopt
+        ro = self.settings
         table = {m: list(zip(r["preds"], r["accs"])) for m, r in test_rows.items()}
         ranked_ids = [r["index"] for r in ranked]
         results: dict[str, Any] = {
@@ -268,13 +277,13 @@ class RandOptTrainer(SearchTrainer):
         if control_pop:
             pop_ids = [c.index for c in control_pop]
             results["random_k"] = {
-                str(k): vote.random_k(table, pop_ids, k, int(ro.controls.random_k_draws), int(ro.seed))
+                str(k): vote.random_k(table, pop_ids, k, ro.controls.random_k_draws, ro.seed)
                 for k in ks if k <= len(pop_ids)
             }
         if n_samples:
             samples = [table[base_sample_index(s)] for s in range(n_samples)]
             results["base_maj_at_k"] = {str(k): v for k, v in vote.base_maj_at_k(samples, ks).items()}
-            results["base_sampling_temperature"] = float(ro.controls.temperature)
+            results["base_sampling_temperature"] = ro.controls.temperature
         # the search's cost (the axis shared with ES and GRPO training) and, apart, the test-time cost of
         # answering with K experts plus the controls
         results["cost"], results["test_cost"] = self.cost.as_dict(), self.test_cost.as_dict()

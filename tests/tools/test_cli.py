@@ -147,7 +147,8 @@ def test_demo_command_line_is_the_randopt_harness(tmp_path):
 
 def test_demo_summary_is_the_report_table_once(tmp_path):
     from randopt_verl.core import report
-    from randopt_verl.tools import demo, plots
+    from randopt_verl.core import plots
+    from randopt_verl.tools import demo
 
     run = randopt_run(tmp_path / "run")
     plots.draw(run)
@@ -159,7 +160,7 @@ def test_demo_summary_is_the_report_table_once(tmp_path):
 
 
 def test_accuracy_vs_n_is_drawn_when_the_run_has_it(tmp_path):
-    from randopt_verl.tools import plots
+    from randopt_verl.core import plots
 
     run = randopt_run(tmp_path / "run")
     curve = {"ns": [2, 4], "full_n": 4, "extra_test_passes": 1, "by_n": {

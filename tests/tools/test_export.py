@@ -155,14 +155,15 @@ def test_force_replaces_weights_and_keeps_other_files(run, exported, tmp_path):
 
 
 def consolidated_run(root: Path, model: str) -> tuple[Path, dict]:
-    """A run directory with a consolidation record as randopt_verl.trainers.consolidate writes it."""
+    """A run directory with a consolidation record as the RandOpt trainer writes it (core/merge.py)."""
     from randopt_verl.core.rundir import RunDir
-    from randopt_verl.trainers import consolidate
+    from randopt_verl.config.schema import ConsolidateConfig
+    from randopt_verl.core import merge
 
     fake_run(root, model)
     rows = [dict(e, score=e["selection_score"]) for e in EXPERTS] + [
         {"index": 9, "seed": 55, "sigma": 0.01, "score": 0.1}]
-    record = consolidate.plan(rows, rows, consolidate.Settings(enabled=True, scales=(1.0, 3.0)), population_seed=0)
+    record = merge.plan(rows, rows, ConsolidateConfig(enabled=True, scales=[1.0, 3.0]), population_seed=0)
     record["chosen"] = {"weighted": 1, "shuffled": 2}  # scale 3.0 of the weighted models; 1.0 of the control
     RunDir(root).write_consolidated(record)
     return root, record
@@ -175,7 +176,7 @@ def merged_run(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def merged_engine(tiny_model, merged_run):
-    from randopt_verl.trainers.consolidate import merged
+    from randopt_verl.core.merge import merged
 
     _, record = merged_run
     e = HFEngine(tiny_model, max_response_length=MAX_TOKENS, max_batch_size=8, threads=1)
@@ -215,7 +216,7 @@ def test_consolidated_checkpoint_equals_the_engines_weights_and_greedy_outputs(m
     assert len(rec["terms"]) == 3 and rec["members"] == record["members"]
 
     # bf16: the fp32 weights rounded once, which is what a bf16 hf engine holds for the same merged model
-    from randopt_verl.trainers.consolidate import merged
+    from randopt_verl.core.merge import merged
 
     out16 = export_consolidated(run, tmp_path / "merged16", dtype="bf16")
     m16 = AutoModelForCausalLM.from_pretrained(out16, dtype=torch.bfloat16)

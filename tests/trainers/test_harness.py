@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from randopt_verl.core.population import Candidate, ParamFilter
-from randopt_verl.trainers.harness import Cost, Evaluation, PromptSet, SearchTrainer, greedy, sampled
+from randopt_verl.core.cost import Cost
+from randopt_verl.trainers.harness import Evaluation, PromptSet, SearchTrainer, greedy, sampled
 
 
 class FakeTrainer(SearchTrainer):

@@ -54,7 +54,7 @@ def _topk(run_dir: Path) -> list:
     return [(e["index"], e["selection_score"]) for e in read_json(run_dir / "topk.json")["experts"]]
 
 
-# the consolidation phase (trainers/consolidate.py): the 2-replica run has it on from the start; the 1-replica run
+# the consolidation phase (RandOptTrainer._consolidate over core/merge.py): the 2-replica run has it on from the start; the 1-replica run
 # finishes without it and then reruns fit with it on (what `randopt-verl consolidate RUN_DIR` does)
 CONSOLIDATE = ["randopt.consolidate.enabled=true", "randopt.consolidate.over=population",
                "randopt.consolidate.scales=[1.0,3.0]"]
@@ -147,7 +147,7 @@ def test_a_merged_model_reaches_the_replicas_exactly(searches):
 
 def test_consolidation_phase(searches):
     from randopt_verl.core import stats
-    from randopt_verl.trainers import consolidate
+    from randopt_verl.core import merge
 
     run_dir = searches["r2"]["run_dir"]
     res, rec = read_json(run_dir / "results.json"), read_json(run_dir / "consolidated.json")
@@ -155,7 +155,7 @@ def test_consolidation_phase(searches):
     # the plan from the ledger: every candidate (over=population), unit z-score weights, c_i = s * w_i * sigma_i
     members = sorted((r for i, r in rows.items() if i >= 0), key=lambda r: (-r["score"], r["index"]))
     assert [m["index"] for m in rec["members"]] == [m["index"] for m in members]
-    w = consolidate.weights([m["score"] for m in members])
+    w = merge.weights([m["score"] for m in members])
     chosen = {m["index"]: m for m in rec["models"]}[rec["chosen"]["weighted"]]
     assert chosen["terms"] == [[m["seed"], chosen["scale"] * wi * m["sigma"]] for m, wi in zip(members, w) if wi]
     # the scale was chosen on the selection set: the best selection score among the weighted models

@@ -1,4 +1,5 @@
-"""Consolidation: one model out of the search's experts, without gradients (`randopt.consolidate`).
+"""The merge of `randopt.consolidate`: one model out of the search's experts, without gradients (pure logic; the
+RandOpt trainer's consolidation step, trainers/randopt.py, scores what `plan` lists).
 
 The merged model is ``theta + sum_i c_i eps_i`` over a set of evaluated candidates i (their seeds), with
 ``c_i = s * w_i * sigma_i``:
@@ -28,18 +29,14 @@ without touching the search.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from randopt_verl.core import noise, stats, vote
+from randopt_verl.core.cost import Cost
 from randopt_verl.core.es_update import zscore
 from randopt_verl.core.population import Merged
-
-if TYPE_CHECKING:
-    from randopt_verl.core.rundir import RunDir
-    from randopt_verl.trainers.harness import PromptSet
 
 RECORD_FORMAT = "randopt_verl.consolidated/1"
 WEIGHTINGS = ("zscore",)
@@ -49,39 +46,6 @@ VARIANTS = ("weighted", "shuffled")
 PERMUTATION_KEY = 0xC0
 
 
-
-
-@dataclass(frozen=True)
-class Settings:
-    enabled: bool = False
-    weighting: str = "zscore"
-    over: str = "top_k"
-    scales: tuple[float, ...] = (0.5, 1.0, 2.0)
-    shuffled_control: bool = True
-
-
-def settings(ro: Mapping[str, Any]) -> Settings:
-    """``randopt.consolidate`` as `Settings` (absent keys: the defaults, so a run directory written before this
-    setting existed can still be consolidated); a bad value is a one-line error with its fix (`check`; the typed
-    config, randopt_verl.config.schema.ConsolidateConfig, runs the same check before any model loads)."""
-    node = dict((ro.get("consolidate", None) or {}) if hasattr(ro, "get") else {})
-    d = Settings()
-    return check(Settings(enabled=bool(node.get("enabled", d.enabled)),
-                          weighting=str(node.get("weighting", d.weighting)), over=str(node.get("over", d.over)),
-                          scales=tuple(float(x) for x in (node.get("scales", None) or d.scales)),
-                          shuffled_control=bool(node.get("shuffled_control", d.shuffled_control))))
-
-
-def check(s: Settings) -> Settings:
-    """``s``, or a ValueError naming the key and the fix."""
-    if s.weighting not in WEIGHTINGS:
-        raise ValueError(f"randopt.consolidate.weighting={s.weighting!r}: use one of {', '.join(WEIGHTINGS)}")
-    if s.over not in OVER:
-        raise ValueError(f"randopt.consolidate.over={s.over!r}: use one of {', '.join(OVER)}")
-    if not s.scales or any(not math.isfinite(x) or x <= 0 for x in s.scales):
-        raise ValueError(f"randopt.consolidate.scales={list(s.scales)}: give a non-empty list of positive scales, "
-                         "e.g. [0.5,1.0,2.0]")
-    return s
 
 
 def weights(rewards: Sequence[float]) -> np.ndarray:
@@ -103,9 +67,10 @@ def terms(members: Sequence[Mapping[str, Any]], w: Sequence[float], scale: float
     return [[int(m["seed"]), float(scale) * float(wi) * float(m["sigma"])] for m, wi in zip(members, w) if wi != 0.0]
 
 
-def plan(rows: Sequence[Mapping[str, Any]], ranked: Sequence[Mapping[str, Any]], s: Settings,
-         population_seed: int) -> dict[str, Any]:
-    """The merged models to score, from the ledger's candidate rows (deterministic: a resumed run plans the same)."""
+def plan(rows: Sequence[Mapping[str, Any]], ranked: Sequence[Mapping[str, Any]], s: Any, population_seed: int) -> dict[str, Any]:
+    """The merged models to score, from the ledger's candidate rows (deterministic: a resumed run plans the same).
+    ``s`` is the typed ``randopt.consolidate`` node (randopt_verl/config/schema.py::ConsolidateConfig, where its
+    keys are defined and checked, once)."""
     members = list(ranked) if s.over == "top_k" else vote.rank(rows)
     if len(members) < 2:
         raise ValueError(f"randopt.consolidate needs at least 2 candidates to merge ({len(members)} with "
@@ -122,7 +87,8 @@ def plan(rows: Sequence[Mapping[str, Any]], ranked: Sequence[Mapping[str, Any]],
     return {
         "format": RECORD_FORMAT,
         "noise_spec": noise.NOISE_SPEC,
-        "weighting": s.weighting, "over": s.over, "scales": sorted(s.scales), "shuffled_control": s.shuffled_control,
+        "weighting": s.weighting, "over": s.over, "scales": sorted(float(x) for x in s.scales),
+        "shuffled_control": s.shuffled_control,
         "members": [{"index": int(m["index"]), "seed": int(m["seed"]), "sigma": float(m["sigma"]),
                      "selection_score": float(m["score"])} for m in members],
         "weights": [float(x) for x in by_variant["weighted"]],
@@ -144,40 +110,8 @@ def choose(models: Sequence[Mapping[str, Any]], scores: Mapping[int, float], var
     return min(mine, key=lambda m: (-scores[m["index"]], m["scale"]))
 
 
-def run(trainer, run_dir: "RunDir", rows, ranked, s: Settings, selection: "PromptSet", test: "PromptSet") -> dict:
-    """Plan, score the merged models on the selection set, choose, answer the test set; returns the record (also
-    written to consolidated.json) with the chosen models' test rows under ``"test_rows"`` (not written)."""
-    from randopt_verl.trainers.harness import Cost, greedy
-
-    record = plan(rows, ranked, s, int(trainer.config.randopt.seed))
-    old = run_dir.consolidated()
-    if old is not None and {k: old.get(k) for k in record} != record:
-        print(f"randopt: the consolidation plan changed (settings or candidates): its evaluations are redone")
-        run_dir.reset_consolidation()
-    run_dir.write_consolidated(record)
-    models = {m["index"]: merged(m) for m in record["models"]}
-    sampling = lambda i: greedy(trainer.response_length)  # noqa: E731
-    sel_cost = Cost.of_rows(run_dir.consolidation_ledger.read().rows)
-    trainer._answer(run_dir.consolidation_ledger, models, selection, sampling, sel_cost, "merged models (selection)")
-    by_index = run_dir.consolidation_ledger.read().by_index
-    record["selection_scores"] = {str(i): by_index[i]["score"] for i in models}
-    scores = {i: by_index[i]["score"] for i in models}
-    chosen = {v: choose(record["models"], scores, v) for v in VARIANTS}
-    chosen = {v: m for v, m in chosen.items() if m is not None}
-    record["chosen"] = {v: m["index"] for v, m in chosen.items()}
-    test_cost = Cost.of_rows(run_dir.consolidation_test_ledger.read().rows)
-    trainer._answer(run_dir.consolidation_test_ledger, {m["index"]: models[m["index"]] for m in chosen.values()},
-                    test, sampling, test_cost, "merged models (test)")
-    run_dir.write_consolidated(record)
-    tests = run_dir.consolidation_test_ledger.read().by_index
-    return dict(record, test_rows={v: tests[m["index"]] for v, m in chosen.items()},
-                selection_cost=Cost.of_rows([by_index[i] for i in models]).as_dict())
-
-
 def results_block(record: Mapping[str, Any]) -> dict[str, Any]:
     """results.json's ``consolidated`` block from `run`'s return value (schema: randopt_verl.core.vote)."""
-    from randopt_verl.trainers.harness import Cost
-
     models = {m["index"]: m for m in record["models"]}
     scores = {int(i): v for i, v in record["selection_scores"].items()}
     w = models[record["chosen"]["weighted"]]

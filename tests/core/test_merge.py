@@ -1,4 +1,5 @@
-"""The consolidation's plan and choice (no Ray): weights, the shuffled control's permutation, the merged terms."""
+"""core/merge.py, the consolidation's plan and choice (no Ray): weights, the shuffled control's permutation, the merged
+terms; and the one check of its settings (config/schema.py::ConsolidateConfig)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 
 from randopt_verl.core.es_update import zscore
-from randopt_verl.trainers import consolidate as C
+from randopt_verl.config.errors import ConfigError
+from randopt_verl.config.schema import ConsolidateConfig
+from randopt_verl.core import merge as C
 
 
 def rows(scores):
@@ -32,7 +35,7 @@ def test_permutation_is_seeded():
 def test_plan_terms_are_scale_times_weight_times_sigma():
     rs = rows([0.2, 0.6, 0.4, 0.1, 0.5])
     ranked = sorted(rs, key=lambda r: -r["score"])[:3]
-    s = C.Settings(enabled=True, scales=(2.0, 0.5))
+    s = ConsolidateConfig(enabled=True, scales=[2.0, 0.5])
     plan = C.plan(rs, ranked, s, population_seed=0)
     assert [m["index"] for m in plan["members"]] == [1, 4, 2]
     w = C.weights([0.6, 0.5, 0.4])
@@ -47,7 +50,7 @@ def test_plan_terms_are_scale_times_weight_times_sigma():
     sw = C.weights([[0.6, 0.5, 0.4][p] for p in perm])
     assert plan["shuffled_weights"] == pytest.approx(list(sw))
     # the whole population, and without the control
-    allp = C.plan(rs, ranked, C.Settings(over="population", shuffled_control=False), 0)
+    allp = C.plan(rs, ranked, ConsolidateConfig(over="population", shuffled_control=False), 0)
     assert len(allp["members"]) == 5 and {m["variant"] for m in allp["models"]} == {"weighted"}
     assert allp["permutation"] is None
 
@@ -64,11 +67,11 @@ def test_choose_best_selection_score_ties_to_the_smaller_scale():
     ({"weighting": "softmax"}, "weighting"), ({"over": "all"}, "over"), ({"scales": [1.0, -1.0]}, "scales"),
 ])
 def test_bad_settings_are_one_line_errors(node, msg):
-    with pytest.raises(ValueError, match=msg):
-        C.settings({"consolidate": node})
-    assert C.settings({}) == C.Settings()
+    with pytest.raises(ConfigError, match=f"randopt.consolidate.{msg}"):
+        ConsolidateConfig(**node)
+    ConsolidateConfig()  # the defaults pass
 
 
 def test_too_few_members():
     with pytest.raises(ValueError, match="at least 2"):
-        C.plan(rows([0.1]), rows([0.1]), C.Settings(), 0)
+        C.plan(rows([0.1]), rows([0.1]), ConsolidateConfig(), 0)
