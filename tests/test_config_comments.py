@@ -84,17 +84,12 @@ def test_every_typed_key_is_documented_in_the_dataclass(name):
     walk(get_class(_yaml_node(name)["_target_"]))
 
 
-def test_every_randopt_and_es_key_is_read_by_its_trainer():
-    """Keys no code reads are removed: each typed key is named by the code that runs the search (the trainers and
-    what they call), not only by the config and its checks."""
-    from randopt_verl.config.schema import ESConfig, RandOptConfig, known_keys
+def test_reward_guard_yaml_defaults_are_the_guards_defaults():
+    """reward_guard's keys have one default each (reward_guard.GuardSettings); the yaml states the same values."""
+    from randopt_verl.reward_guard import GuardSettings
 
-    package = Path(__file__).resolve().parents[1] / "randopt_verl"
-    checks_only = {"config", "validate.py", "preflight.py"}
-    source = "".join(p.read_text() for p in package.rglob("*.py")
-                     if not checks_only & set(p.relative_to(package).parts))
-    for cls, name in ((RandOptConfig, "randopt"), (ESConfig, "es")):
-        for key in known_keys(cls, name):
-            leaf = key.split(".")[-1]
-            parent = key.split(".")[-2]
-            assert re.search(rf"\b{leaf}\b", source) or (parent == "param_filter" and "param_filter" in source), key
+    node = yaml.safe_load((CONFIG / "randopt_ppo.yaml").read_text())["reward_guard"]
+    assert node == dataclasses.asdict(GuardSettings())
+
+
+# that every typed key is read by the code that runs: tests/config/test_keys_read.py

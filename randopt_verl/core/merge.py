@@ -67,33 +67,36 @@ def terms(members: Sequence[Mapping[str, Any]], w: Sequence[float], scale: float
     return [[int(m["seed"]), float(scale) * float(wi) * float(m["sigma"])] for m, wi in zip(members, w) if wi != 0.0]
 
 
-def plan(rows: Sequence[Mapping[str, Any]], ranked: Sequence[Mapping[str, Any]], s: Any, population_seed: int) -> dict[str, Any]:
+def plan(rows: Sequence[Mapping[str, Any]], ranked: Sequence[Mapping[str, Any]], *, weighting: str, over: str,
+         scales: Sequence[float], shuffled_control: bool, population_seed: int) -> dict[str, Any]:
     """The merged models to score, from the ledger's candidate rows (deterministic: a resumed run plans the same).
-    ``s`` is the typed ``randopt.consolidate`` node (randopt_verl/config/schema.py::ConsolidateConfig, where its
-    keys are defined and checked, once)."""
-    members = list(ranked) if s.over == "top_k" else vote.rank(rows)
+    The settings are the ``randopt.consolidate`` keys, defined and checked once in
+    randopt_verl/config/schema.py::ConsolidateConfig."""
+    if weighting not in WEIGHTINGS or over not in OVER:
+        raise ValueError(f"weighting={weighting!r}, over={over!r}: use one of {WEIGHTINGS} and one of {OVER}")
+    members = list(ranked) if over == "top_k" else vote.rank(rows)
     if len(members) < 2:
         raise ValueError(f"randopt.consolidate needs at least 2 candidates to merge ({len(members)} with "
-                         f"over={s.over}); raise randopt.top_k or use over=population")
+                         f"over={over}); raise randopt.top_k or use over=population")
     rewards = [float(m["score"]) for m in members]
     perm = permutation(population_seed, len(members))
     by_variant = {"weighted": weights(rewards)}
-    if s.shuffled_control:
+    if shuffled_control:
         by_variant["shuffled"] = weights([rewards[p] for p in perm])
     models = []
     for variant, w in by_variant.items():
-        for scale in sorted(s.scales):
+        for scale in sorted(scales):
             models.append({"index": len(models), "variant": variant, "scale": scale, "terms": terms(members, w, scale)})
     return {
         "format": RECORD_FORMAT,
         "noise_spec": noise.NOISE_SPEC,
-        "weighting": s.weighting, "over": s.over, "scales": sorted(float(x) for x in s.scales),
-        "shuffled_control": s.shuffled_control,
+        "weighting": weighting, "over": over, "scales": sorted(float(x) for x in scales),
+        "shuffled_control": shuffled_control,
         "members": [{"index": int(m["index"]), "seed": int(m["seed"]), "sigma": float(m["sigma"]),
                      "selection_score": float(m["score"])} for m in members],
         "weights": [float(x) for x in by_variant["weighted"]],
-        "permutation": perm if s.shuffled_control else None,
-        "shuffled_weights": [float(x) for x in by_variant["shuffled"]] if s.shuffled_control else None,
+        "permutation": perm if shuffled_control else None,
+        "shuffled_weights": [float(x) for x in by_variant["shuffled"]] if shuffled_control else None,
         "models": models,
     }
 
@@ -111,7 +114,7 @@ def choose(models: Sequence[Mapping[str, Any]], scores: Mapping[int, float], var
 
 
 def results_block(record: Mapping[str, Any]) -> dict[str, Any]:
-    """results.json's ``consolidated`` block from `run`'s return value (schema: randopt_verl.core.vote)."""
+    """results.json's ``consolidated`` block from `run`'s return value (results.json's schema: docs/ARCHITECTURE.md, "Run directory")."""
     models = {m["index"]: m for m in record["models"]}
     scores = {int(i): v for i, v in record["selection_scores"].items()}
     w = models[record["chosen"]["weighted"]]

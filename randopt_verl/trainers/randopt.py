@@ -234,7 +234,9 @@ class RandOptTrainer(SearchTrainer):
         """`randopt.consolidate`: plan the merged models (core/merge.py), score them on the selection set, choose
         each variant's scale there, answer the test set with the chosen ones. Returns the record (also written to
         consolidated.json) with the chosen models' test rows under ``"test_rows"`` (not written)."""
-        record = merge.plan(rows, ranked, self.settings.consolidate, self.settings.seed)
+        c = self.settings.consolidate
+        record = merge.plan(rows, ranked, weighting=c.weighting, over=c.over, scales=c.scales,
+                            shuffled_control=c.shuffled_control, population_seed=self.settings.seed)
         old = run.consolidated()
         if old is not None and {k: old.get(k) for k in record} != record:
             print("randopt: the consolidation plan changed (settings or candidates): its evaluations are redone")

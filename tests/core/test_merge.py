@@ -14,6 +14,12 @@ from randopt_verl.config.schema import ConsolidateConfig
 from randopt_verl.core import merge as C
 
 
+def settings(**overrides):
+    """``randopt.consolidate``'s keys as the trainer passes them to `plan`: the typed node's defaults (checked)."""
+    c = ConsolidateConfig(**overrides)
+    return {"weighting": c.weighting, "over": c.over, "scales": c.scales, "shuffled_control": c.shuffled_control}
+
+
 def rows(scores):
     return [{"index": i, "seed": 1000 + i, "sigma": 0.01 * (1 + i % 2), "score": s} for i, s in enumerate(scores)]
 
@@ -35,8 +41,7 @@ def test_permutation_is_seeded():
 def test_plan_terms_are_scale_times_weight_times_sigma():
     rs = rows([0.2, 0.6, 0.4, 0.1, 0.5])
     ranked = sorted(rs, key=lambda r: -r["score"])[:3]
-    s = ConsolidateConfig(enabled=True, scales=[2.0, 0.5])
-    plan = C.plan(rs, ranked, s, population_seed=0)
+    plan = C.plan(rs, ranked, **settings(scales=[2.0, 0.5]), population_seed=0)
     assert [m["index"] for m in plan["members"]] == [1, 4, 2]
     w = C.weights([0.6, 0.5, 0.4])
     assert plan["weights"] == pytest.approx(list(w))
@@ -50,7 +55,7 @@ def test_plan_terms_are_scale_times_weight_times_sigma():
     sw = C.weights([[0.6, 0.5, 0.4][p] for p in perm])
     assert plan["shuffled_weights"] == pytest.approx(list(sw))
     # the whole population, and without the control
-    allp = C.plan(rs, ranked, ConsolidateConfig(over="population", shuffled_control=False), 0)
+    allp = C.plan(rs, ranked, **settings(over="population", shuffled_control=False), population_seed=0)
     assert len(allp["members"]) == 5 and {m["variant"] for m in allp["models"]} == {"weighted"}
     assert allp["permutation"] is None
 
@@ -74,4 +79,4 @@ def test_bad_settings_are_one_line_errors(node, msg):
 
 def test_too_few_members():
     with pytest.raises(ValueError, match="at least 2"):
-        C.plan(rows([0.1]), rows([0.1]), ConsolidateConfig(), 0)
+        C.plan(rows([0.1]), rows([0.1]), **settings(), population_seed=0)

@@ -157,13 +157,13 @@ def test_force_replaces_weights_and_keeps_other_files(run, exported, tmp_path):
 def consolidated_run(root: Path, model: str) -> tuple[Path, dict]:
     """A run directory with a consolidation record as the RandOpt trainer writes it (core/merge.py)."""
     from randopt_verl.core.rundir import RunDir
-    from randopt_verl.config.schema import ConsolidateConfig
     from randopt_verl.core import merge
 
     fake_run(root, model)
     rows = [dict(e, score=e["selection_score"]) for e in EXPERTS] + [
         {"index": 9, "seed": 55, "sigma": 0.01, "score": 0.1}]
-    record = merge.plan(rows, rows, ConsolidateConfig(enabled=True, scales=[1.0, 3.0]), population_seed=0)
+    record = merge.plan(rows, rows, weighting="zscore", over="top_k", scales=[1.0, 3.0], shuffled_control=True,
+                        population_seed=0)
     record["chosen"] = {"weighted": 1, "shuffled": 2}  # scale 3.0 of the weighted models; 1.0 of the control
     RunDir(root).write_consolidated(record)
     return root, record
