@@ -63,9 +63,9 @@ def supports(device) -> bool:
 
 
 if AVAILABLE:
-    # The same constants as noise.py (imported there from this module's caller; repeated here as literals so
-    # that the jitted code captures plain Python numbers). Every float below is exactly representable in fp32.
-    from .noise import (
+    # The spec's constants (core/noise_spec.py, shared with noise.py), as constexprs so that the jitted code
+    # captures plain Python numbers. Every float below is exactly representable in fp32.
+    from .noise_spec import (
         _C1, _C2, _C3, _LG1, _LG2, _LG3, _LG4, _LN2_HI, _LN2_LO, _PIO2, _S1, _S2, _S3,
         PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1,
     )
