@@ -40,11 +40,8 @@ class ESTrainer(SearchTrainer):
         selection, test = self.selection_and_test()
 
         # the run directory; verl's _setup restored the actor from the latest checkpoint and set global_steps:
-        # records and cost as of that checkpoint. What defines the trajectory: model, noise, data, ES settings,
-        # reward and rollout, and the test set too (a validation curve measured on two test sets is not one curve)
-        run = self.open_run(selection, {"seed": es.seed, "population_size": es.population_size, "sigma": es.sigma,
-                                        "alpha": es.alpha},
-                            identity={"method": "es", "test_set_hash": hash_rows(test.identity())})
+        # records and cost as of that checkpoint
+        run = self._open_run(selection, test)
         self._restore(run)
         self.use("auto")  # the (possibly restored) weights into every replica
         if self.global_steps == 0 and self.config.trainer.get("val_before_train", True):
@@ -84,6 +81,15 @@ class ESTrainer(SearchTrainer):
             bar.update(1)
         bar.close()
         run.close()
+
+    def _open_run(self, selection: PromptSet, test: PromptSet) -> RunDir:
+        """What defines the trajectory: model, noise, data, ES settings, reward and rollout (`SearchTrainer.open_run`
+        records those all methods share), and the test set too: a validation curve measured on two test sets is not
+        one curve."""
+        es = self.settings
+        return self.open_run(selection, {"seed": es.seed, "population_size": es.population_size, "sigma": es.sigma,
+                                         "alpha": es.alpha},
+                             identity={"method": "es", "test_set_hash": hash_rows(test.identity())})
 
     def _validate(self, test: PromptSet) -> dict[str, float]:
         """Greedy test accuracy of the current weights (every replica holds them after a sync), the test prompts

@@ -14,6 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from randopt_verl.config.schema import typed
 from randopt_verl.core import noise
 from randopt_verl.core.population import Candidate, Merged, ParamFilter, combined, tied_aliases
 from randopt_verl.core.rundir import Ledger, ManifestMismatch, RunDir, TestSetChanged, read_json
@@ -104,17 +105,18 @@ def searches(common, tmp_path_factory) -> dict:
         # the finished search again with the consolidation on: nothing of the search is scored again
         OmegaConf.update(trainer.config, "randopt.consolidate",
                          {"enabled": True, "over": "population", "scales": [1.0, 3.0]}, merge=True)
+        trainer.settings = typed(trainer.config, "randopt")  # what a trainer started on this config reads
         trainer.fit(None)
         # the same run directory with 5 instead of 6 test prompts: the stored test answers must not be reused
         selection = trainer.prompts(trainer.train_dataset, 8)
         fewer = trainer.prompts(trainer.val_dataset, 5)
         with pytest.raises(TestSetChanged) as refused:
-            trainer._open_run(selection, fewer, ParamFilter())
+            trainer._open_run(selection, fewer, None)
         # and resumed on another rollout precision: refused naming the key
         test = trainer.prompts(trainer.val_dataset, 6)
         OmegaConf.update(trainer.config, "actor_rollout_ref.rollout.dtype", "float16", force_add=True)
         with pytest.raises(ManifestMismatch) as other_dtype:
-            trainer._open_run(selection, test, ParamFilter())
+            trainer._open_run(selection, test, None)
         out["r1"] = dict(run_dir=run_dir, refused=str(refused.value), other_dtype=str(other_dtype.value))
     return out
 
