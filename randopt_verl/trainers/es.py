@@ -35,6 +35,7 @@ class ESTrainer(SearchTrainer):
     settings: schema.ESConfig
 
     def fit(self, agent_loop_manager=None):
+        self.read_settings()
         es = self.settings
         iterations = self.config.trainer.total_training_steps
         selection, test = self.selection_and_test()

@@ -137,14 +137,19 @@ class SearchTrainer(PPOTrainer):
         # checks and runtime defaults before any model loads (verl's entry point skips randopt_verl.main)
         preflight.trainer_init(config)
         super().__init__(config)
-        # the one typed reading of our node, verl's way (a dataclass with its defaults and checks): every use below
-        # reads an attribute of it, with its type, never the raw DictConfig
-        self.settings = schema.typed(config, self.node)
-        self.param_filter: ParamFilter = self.settings.param_filter.build()
+        self.read_settings()
         self.cost = Cost()  # the search or training work (see the module docstring)
         self.test_cost = Cost()  # test answers and controls (RandOpt), reported apart
         self.how = "sync"  # how candidates reach the replicas: "server" (hf, in place) or "sync" (the FSDP stream)
         self._held: dict[int, Any] = {}  # replica -> the candidate it holds (None: base); missing: unknown
+
+    def read_settings(self) -> None:
+        """Our node as its checked dataclass, verl's way (one definition, default and check per key): every use reads
+        an attribute of ``self.settings``, typed, never the raw DictConfig; and the parameter filter built from it
+        once. Run when the trainer is made and again as each `fit` starts, so a config changed between two fits (the
+        tests do that) is read whole and anew."""
+        self.settings = schema.typed(self.config, self.node)
+        self.param_filter: ParamFilter = self.settings.param_filter.build()
 
     # -- verl hooks -----------------------------------------------------------------------------------------
     def _init_resource_pool_mgr(self):

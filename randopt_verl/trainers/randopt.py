@@ -39,6 +39,7 @@ class RandOptTrainer(SearchTrainer):
     settings: schema.RandOptConfig
 
     def fit(self, agent_loop_manager=None):
+        self.read_settings()
         ro = self.settings
         ks = sorted(set(ro.ensemble_ks))
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from randopt_verl.config.schema import typed
 from randopt_verl.core.es_update import es_update_
 from randopt_verl.core.population import ParamFilter
 from randopt_verl.core.rundir import ManifestMismatch, RunDir, read_jsonl
@@ -61,7 +60,7 @@ def es_runs(common, tmp_path_factory) -> dict:
         final = t.actor_rollout_wg.named_weights()[0]
         # the same run directory with another ES setting: refused, naming the key
         OmegaConf.update(t.config, "es.alpha", 0.5)
-        t.settings = typed(t.config, "es")  # what a trainer started on this config reads
+        t.read_settings()  # what its next fit would read
         with pytest.raises(ManifestMismatch) as refused:
             t._open_run(t.prompts(t.train_dataset, 6), t.prompts(t.val_dataset, 4))
     out["r1"] = dict(run_dir=run_dir, base=base, final=final, resumed_at=resumed_at)

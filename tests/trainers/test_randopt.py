@@ -14,7 +14,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from randopt_verl.config.schema import typed
 from randopt_verl.core import noise
 from randopt_verl.core.population import Candidate, Merged, ParamFilter, combined, tied_aliases
 from randopt_verl.core.rundir import Ledger, ManifestMismatch, RunDir, TestSetChanged, read_json
@@ -105,7 +104,6 @@ def searches(common, tmp_path_factory) -> dict:
         # the finished search again with the consolidation on: nothing of the search is scored again
         OmegaConf.update(trainer.config, "randopt.consolidate",
                          {"enabled": True, "over": "population", "scales": [1.0, 3.0]}, merge=True)
-        trainer.settings = typed(trainer.config, "randopt")  # what a trainer started on this config reads
         trainer.fit(None)
         # the same run directory with 5 instead of 6 test prompts: the stored test answers must not be reused
         selection = trainer.prompts(trainer.train_dataset, 8)
