@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 from . import stats, vote
-from .rundir import BASE, base_sample_index
+from .ledger import BASE, base_sample_index
 
 
 def _ci(accs: Sequence[float]) -> list[float]:

@@ -185,7 +185,8 @@ def _density_args(p: argparse.ArgumentParser) -> None:
 
 def _density(args: argparse.Namespace) -> int:
     from randopt_verl.core import report
-    from randopt_verl.core.rundir import RESULTS, read_json
+    from randopt_verl.core.jsonio import read_json
+    from randopt_verl.core.rundir import RESULTS
     from randopt_verl.tools import plots
 
     run_dir = Path(args.run_dir)

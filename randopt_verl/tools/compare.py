@@ -52,7 +52,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from randopt_verl.core import report as _report
-from randopt_verl.core.rundir import METRICS, RESULTS, RunDir, read_json, read_jsonl
+from randopt_verl.core.jsonio import read_json, read_jsonl
+from randopt_verl.core.rundir import METRICS, RESULTS, RunDir
 from randopt_verl.core.stats import wilson
 
 log = logging.getLogger(__name__)

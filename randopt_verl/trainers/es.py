@@ -23,7 +23,9 @@ from randopt_verl.console import phase_bar
 from randopt_verl.core import noise
 from randopt_verl.core.es_update import zscore
 from randopt_verl.core.population import Candidate, ParamFilter
-from randopt_verl.core.rundir import RunDir, append_jsonl, fingerprint_files, hash_rows, keep_until, model_files
+from randopt_verl.core.fingerprint import fingerprint_files, hash_rows, model_files
+from randopt_verl.core.jsonio import append_jsonl, keep_until
+from randopt_verl.core.rundir import RunDir
 from randopt_verl.trainers.harness import Cost, PromptSet, SearchTrainer, greedy
 
 logger = logging.getLogger(__name__)

@@ -37,7 +37,9 @@ from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
 from randopt_verl import preflight
 from randopt_verl.core.population import Candidate, Merged, ParamFilter
-from randopt_verl.core.rundir import RunDir, append_jsonl, candidate_row
+from randopt_verl.core.jsonio import append_jsonl
+from randopt_verl.core.ledger import candidate_row
+from randopt_verl.core.rundir import RunDir
 from randopt_verl.core.vote import normalise_reward
 from randopt_verl.workers import use_search_worker
 

@@ -11,8 +11,8 @@ random-k, base self-consistency) -> optionally one consolidated model and its sh
 -> results.json with intervals, selection diagnostics (core/diagnostics.py), accuracy vs N from ledger prefixes
 (randopt.accuracy_vs_n, core/acc_vs_n.py) and plots (rendered by randopt_verl.core.report and
 randopt_verl.tools.plots), tracking.
-Every evaluation is on disk (ledger.jsonl, test_ledger.jsonl; names and indices: randopt_verl.core.rundir) before it
-counts; a restarted run skips it.
+Every evaluation is on disk (ledger.jsonl, test_ledger.jsonl; names: randopt_verl.core.rundir, indices:
+randopt_verl.core.ledger) before it counts; a restarted run skips it.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 
 from randopt_verl.core import acc_vs_n, diagnostics, halving, noise, sigma_choice, vote
 from randopt_verl.core.population import Candidate, ParamFilter, sample_population
-from randopt_verl.core.rundir import (BASE, Ledger, RunDir, base_sample_index, base_sample_number, fingerprint_files,
-                                      hash_rows, model_files, verify_rows)
+from randopt_verl.core.fingerprint import fingerprint_files, hash_rows, model_files
+from randopt_verl.core.ledger import BASE, Ledger, base_sample_index, base_sample_number, verify_rows
+from randopt_verl.core.rundir import RunDir
 from randopt_verl.trainers import consolidate
 from randopt_verl.trainers.harness import Cost, PromptSet, Sampling, SearchTrainer, greedy, sampled
 from randopt_verl.console import phase_bar  # tqdm that also feeds the quiet console
