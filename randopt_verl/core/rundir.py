@@ -29,6 +29,9 @@ run::
                                      consolidated.json)
     consolidation_test_ledger.jsonl  the chosen merged models' test-set answers (same indices)
     config.json        GRPO: the full resolved config (RandOpt and ES keep it in manifest.json); `compare` reads it
+    console.log        with console.quiet=true: Ray's and verl's output (randopt_verl.console)
+    progress.jsonl     with console.quiet=true: the progress bars' events, from the trainer to the driver's terminal
+                       (emptied at each start: only this run's progress)
 
 Identity
 --------
@@ -95,6 +98,8 @@ CONFIG = "config.json"
 DENSITY_PNG = "density.png"
 MAJ_AT_K_PNG = "maj_at_k.png"
 ACCURACY_VS_N_PNG = "accuracy_vs_n.png"
+CONSOLE_LOG = "console.log"  # console.quiet=true
+PROGRESS = "progress.jsonl"  # console.quiet=true
 
 
 class RunDir:
@@ -154,6 +159,14 @@ class RunDir:
     @property
     def accuracy_vs_n_plot_path(self) -> Path:
         return self.path / ACCURACY_VS_N_PNG
+
+    @property
+    def console_log_path(self) -> Path:
+        return self.path / CONSOLE_LOG
+
+    @property
+    def progress_path(self) -> Path:
+        return self.path / PROGRESS
 
     @property
     def n_candidates(self) -> int | None:

@@ -115,6 +115,7 @@ def test_file_names_and_finished_rows(tmp_path):
     run = RunDir(tmp_path)
     assert run.ledger.path.name == "ledger.jsonl" and run.test_ledger.path.name == "test_ledger.jsonl"
     assert run.metrics_path == tmp_path / "metrics.jsonl" and run.results() is None
+    assert run.console_log_path == tmp_path / "console.log" and run.progress_path == tmp_path / "progress.jsonl"
     rd = _open(tmp_path / "run", n_candidates=2)
     for i in (BASE, 0, 1, 2):
         rd.ledger.append(_row(i))
