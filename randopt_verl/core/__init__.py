@@ -4,5 +4,5 @@ noise (the canonical perturbation), population (candidates, parameter filter, pe
 es_update (z-scores and the fp32 ES step), vote (reward normalisation, ranking, majority vote, controls), rundir
 (the run directory: file names and identity), ledger (the crash-safe ledger, its index conventions and row format),
 manifest (the identity comparison and its errors), jsonio (JSON and JSONL files), fingerprint (model and prompt-set
-hashes), report (every number and table a user reads).
+hashes), results_schema (what results.json holds), report (every number and table a user reads).
 """

@@ -14,7 +14,7 @@ run::
     dev_ledger.jsonl   RandOpt with randopt.sigma_choice=dev: each sigma's top-K answers to the dev split (the last
                        randopt.dev_size selection rows, held out of the search), by candidate index
     topk.json          RandOpt: the selected top-K (atomic rewrite)
-    results.json       RandOpt: the final results (atomic rewrite; schema in `randopt_verl.core.vote`)
+    results.json       RandOpt: the final results (atomic rewrite; schema in `randopt_verl.core.results_schema`)
     metrics.jsonl      every method: one {"step", "data"} row per logged step (verl's file-logger format), with
                        the cumulative cost counters (ES and RandOpt append it themselves; GRPO's verl file logger
                        is pointed here by the GRPO trainer)

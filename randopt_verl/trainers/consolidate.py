@@ -175,7 +175,7 @@ def run(trainer, run_dir: "RunDir", rows, ranked, s: Settings, selection: "Promp
 
 
 def results_block(record: Mapping[str, Any]) -> dict[str, Any]:
-    """results.json's ``consolidated`` block from `run`'s return value (schema: randopt_verl.core.vote)."""
+    """results.json's ``consolidated`` block from `run`'s return value (schema: randopt_verl.core.results_schema)."""
     from randopt_verl.trainers.harness import Cost
 
     models = {m["index"]: m for m in record["models"]}

@@ -24,9 +24,10 @@ from omegaconf import OmegaConf
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 
 from randopt_verl.core import acc_vs_n, diagnostics, halving, noise, sigma_choice, vote
-from randopt_verl.core.population import Candidate, ParamFilter, sample_population
 from randopt_verl.core.fingerprint import fingerprint_files, hash_rows, model_files
 from randopt_verl.core.ledger import BASE, Ledger, base_sample_index, base_sample_number, verify_rows
+from randopt_verl.core.population import Candidate, ParamFilter, sample_population
+from randopt_verl.core.results_schema import SCHEMA_VERSION
 from randopt_verl.core.rundir import RunDir
 from randopt_verl.trainers import consolidate
 from randopt_verl.trainers.harness import Cost, PromptSet, Sampling, SearchTrainer, greedy, sampled
@@ -256,7 +257,7 @@ class RandOptTrainer(SearchTrainer):
         table = {m: list(zip(r["preds"], r["accs"])) for m, r in test_rows.items()}
         ranked_ids = [r["index"] for r in ranked]
         results: dict[str, Any] = {
-            "schema_version": 1,
+            "schema_version": SCHEMA_VERSION,
             "n_candidates": len(rows),
             "n_selection": base_row["n"],
             "n_test": test_rows[BASE]["n"],
