@@ -141,11 +141,15 @@ class JsonlContents:
     torn_tail: bool = False  # bytes after the last newline were ignored
 
 
-def parse_jsonl(data: bytes) -> JsonlContents:
-    """The complete lines of ``data`` parsed; bytes after the last newline are a torn tail, not a row."""
+def parse_jsonl(data: bytes, first_lineno: int = 1) -> JsonlContents:
+    """The complete lines of ``data`` parsed; bytes after the last newline are a torn tail, not a row.
+
+    ``first_lineno`` is the number of ``data``'s first line: a reader that parses a file piece by piece (the
+    incremental `randopt_verl.core.ledger.Ledger.read`) passes the lines before the piece plus one, so line numbers
+    stay the file's."""
     lines = data.split(b"\n")
     out = JsonlContents(rows=[], torn_tail=bool(lines[-1].strip()))
-    for lineno, raw in enumerate(lines[:-1], start=1):
+    for lineno, raw in enumerate(lines[:-1], start=first_lineno):
         if not raw.strip():
             continue
         try:

@@ -20,6 +20,12 @@ run directory fails with `LedgerBusy`) and cuts off a torn final line, so the ne
 without an integer ``index``, and de-duplicates by index, first row wins. A skipped or dropped row only means that
 candidate is evaluated again, which is safe.
 
+A `Ledger` object remembers what it has read: the next `read` parses only the bytes appended since (the RandOpt
+trainer reads after every chunk of candidates; re-parsing the whole file each time made a search's reads quadratic
+in N). The result is the same as a full read of the file as it is now; a file replaced, truncated or rewritten in
+the meantime is detected (inode, size, the last parsed line) and parsed again from the start. `Ledger.delete` drops
+the file and what was read of it.
+
 Ledger row (built by `candidate_row`)::
 
     {"index": int, "seed": int, "sigma": float,
@@ -49,15 +55,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, BinaryIO, Iterable, Mapping, Sequence
 
-from .jsonio import fsync_dir, json_line, parse_jsonl, write_all
+from .jsonio import JsonlContents, fsync_dir, json_line, parse_jsonl, write_all
 
 log = logging.getLogger(__name__)
 
 BASE = -1  # ledger index of the base model's greedy evaluation
 MAX_ERRORS_KEPT = 20  # a row keeps its first errors only (n_errors counts all): a reward failing on every prompt
 #                       would otherwise bloat every row
+
+
+_CHECK_BYTES = 4096  # how much of the last parsed line `Ledger.read` checks is still in place
 
 
 def base_sample_index(s: int) -> int:
@@ -95,6 +104,7 @@ class Ledger:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._fd: int | None = None
+        self._forget()
 
     # -- writing
     def _open_for_append(self) -> int:
@@ -158,31 +168,89 @@ class Ledger:
         self.close()
 
     # -- reading
+    def _forget(self) -> None:
+        """Drop what `read` has parsed so far; the next read parses the file from its first byte."""
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file parsed so far
+        self._offset = 0  # bytes parsed: the file up to and including its last newline, as of the last read
+        self._n_lines = 0  # complete lines in those bytes (the next line's number is this plus one)
+        self._last_line = b""  # the end (<= _CHECK_BYTES) of the last complete line parsed, where it should still be
+        self._rows: list[dict] = []
+        self._duplicates: list[dict] = []
+        self._bad_lines: list[int] = []
+        self._seen: set[int] = set()
+
+    def _continues(self, f: BinaryIO, st: os.stat_result) -> bool:
+        """Whether the open file is the one parsed so far with bytes appended (else it was replaced or rewritten).
+
+        Same device and inode, no shorter than what was parsed, and the last parsed line still where it was: an
+        atomic rewrite (a new inode) or a truncation is caught by the first two; the third catches a file deleted
+        and created again that got the freed inode number back."""
+        if self._file != (st.st_dev, st.st_ino) or st.st_size < self._offset:
+            return False
+        if not self._last_line:
+            return True
+        f.seek(self._offset - len(self._last_line))
+        return f.read(len(self._last_line)) == self._last_line
+
     def read(self) -> LedgerContents:
-        """All finished rows, tolerant of a torn tail and duplicates (see the module docstring)."""
+        """All finished rows, tolerant of a torn tail and duplicates (see the module docstring).
+
+        Incremental: only the bytes appended since the previous read are parsed (the trainer reads after every chunk
+        of candidates, so a full parse each time would cost O(N^2) over a search). The result equals a full read of
+        the file as it is now; a file replaced, truncated or rewritten since is parsed again from the start. The
+        returned lists are fresh (appending to or sorting them changes nothing here), but their row dicts are the
+        ledger's own, shared with later reads: treat them as read-only."""
         try:
-            parsed = parse_jsonl(self.path.read_bytes())
+            f = open(self.path, "rb")
         except FileNotFoundError:
+            self._forget()
             return LedgerContents(rows=[])
-        out = LedgerContents(rows=[], bad_lines=parsed.bad_lines, torn_tail=parsed.torn_tail)
-        seen: set[int] = set()
-        for lineno, row in zip(parsed.linenos, parsed.rows):
-            idx = row.get("index")
-            if not isinstance(idx, int) or isinstance(idx, bool):
-                out.bad_lines.append(lineno)  # a JSON object without an integer index
-                continue
-            if idx in seen:
-                out.duplicates.append(row)
-                continue
-            seen.add(idx)
-            out.rows.append(row)
-        out.bad_lines.sort()
+        with f:
+            st = os.fstat(f.fileno())
+            if not self._continues(f, st):
+                self._forget()
+                self._file = (st.st_dev, st.st_ino)
+            f.seek(self._offset)
+            data = f.read()
+        # parse only complete lines; bytes after the last newline (a torn tail, or a row being written) are looked
+        # at again by the next read, exactly as a full read would see them then
+        end = data.rfind(b"\n") + 1
+        torn_tail = bool(data[end:].strip())
+        if end:
+            self._take(parse_jsonl(data[:end], first_lineno=self._n_lines + 1))
+            self._n_lines += data.count(b"\n", 0, end)
+            self._offset += end
+            self._last_line = data[max(data.rfind(b"\n", 0, end - 1) + 1, end - _CHECK_BYTES):end]
+        out = LedgerContents(rows=list(self._rows), duplicates=list(self._duplicates),
+                             bad_lines=list(self._bad_lines), torn_tail=torn_tail)
         if out.torn_tail or out.bad_lines or out.duplicates:
             log.warning(
                 "ledger %s: torn tail ignored=%s, unreadable lines=%s, duplicate rows dropped=%s (first wins)",
                 self.path, out.torn_tail, out.bad_lines, [r["index"] for r in out.duplicates],
             )
         return out
+
+    def _take(self, parsed: JsonlContents) -> None:
+        """Add newly parsed complete lines: rows without an integer index are bad lines, a seen index a duplicate."""
+        bad = list(parsed.bad_lines)
+        for lineno, row in zip(parsed.linenos, parsed.rows):
+            idx = row.get("index")
+            if not isinstance(idx, int) or isinstance(idx, bool):
+                bad.append(lineno)  # a JSON object without an integer index
+                continue
+            if idx in self._seen:
+                self._duplicates.append(row)
+                continue
+            self._seen.add(idx)
+            self._rows.append(row)
+        # every line here comes after every line already read, so the whole list stays sorted
+        self._bad_lines.extend(sorted(bad))
+
+    def delete(self) -> None:
+        """Close the ledger, delete its file and forget what was read (its rows are to be computed again)."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+        self._forget()
 
 
 # ------------------------------------------------------------------------------------------- ledger rows

@@ -266,8 +266,7 @@ class RunDir:
     def reset_consolidation(self) -> None:
         """Drop the merged models' evaluations (their plan changed: they are computed again; the search is kept)."""
         for ledger in (self.consolidation_ledger, self.consolidation_test_ledger):
-            ledger.close()
-            ledger.path.unlink(missing_ok=True)
+            ledger.delete()
 
     def write_config(self, config: Mapping[str, Any]) -> None:
         """config.json: the resolved config of a run that has no manifest (GRPO)."""

@@ -1,6 +1,7 @@
 """The crash-safe ledger (randopt_verl.core.ledger): torn tails, duplicates, the write lock, SIGKILL, row format."""
 
 import json
+import os
 import math
 import random
 import signal
@@ -172,3 +173,117 @@ def test_normalise_reward_and_candidate_row_count_errors_as_zero():
     assert "scores" not in slim and "preds" not in slim
     with pytest.raises(ValueError, match="clash"):
         candidate_row(3, 1003, 0.002, samples, tokens=1, wall_s=1, extra={"score": 1})
+
+
+# ------------------------------------------------------------------------------------------- incremental reads
+
+
+def _same_as_a_full_read(led):
+    """led.read() (incremental) equals a fresh Ledger's read of the same file, field for field."""
+    inc, full = led.read(), Ledger(led.path).read()
+    assert inc.rows == full.rows and inc.by_index == full.by_index
+    assert inc.duplicates == full.duplicates and inc.bad_lines == full.bad_lines and inc.torn_tail == full.torn_tail
+    return inc
+
+
+def test_incremental_read_equals_a_full_read_across_appends_torn_tails_and_bad_lines(tmp_path):
+    path = tmp_path / "l.jsonl"
+    reader = Ledger(path)
+    assert _same_as_a_full_read(reader).rows == []
+    rng = random.Random(7)
+    with Ledger(path) as writer:
+        for i in range(40):
+            writer.append(_row(rng.randrange(30), score=i / 40, pad="x" * rng.randrange(200)))  # some duplicates
+            if i % 7 == 3:
+                with open(path, "ab") as f:  # a foreign line: not JSON, or JSON without an integer index
+                    f.write(b"garbage\n" if i % 2 else b'{"index": "3"}\n\n')
+            if i % 3 == 0:
+                _same_as_a_full_read(reader)
+    c = _same_as_a_full_read(reader)
+    assert c.duplicates and c.bad_lines and not c.torn_tail
+    with open(path, "ab") as f:
+        f.write(b'{"index": 99, "seed": 1')  # a writer killed mid-row
+    assert _same_as_a_full_read(reader).torn_tail
+    with open(path, "ab") as f:
+        f.write(b"\n")  # another line glued onto the torn one: a bad line, as a full read sees it
+    c = _same_as_a_full_read(reader)
+    assert not c.torn_tail and c.bad_lines[-1] == path.read_bytes().count(b"\n")
+    with open(path, "ab") as f:
+        f.write(b'{"index": 98, "seed": 1')
+    _same_as_a_full_read(reader)
+    with Ledger(path) as writer:  # the next writer cuts the torn line off, then appends
+        writer.append(_row(98))
+    assert 98 in _same_as_a_full_read(reader).by_index
+
+
+@pytest.mark.parametrize("change", ["atomic_rewrite", "truncate", "delete_and_recreate", "same_size_in_place"])
+def test_incremental_read_after_the_file_was_rewritten(tmp_path, change):
+    from randopt_verl.core.jsonio import write_jsonl
+    path = tmp_path / "l.jsonl"
+    with Ledger(path) as writer:
+        for i in range(5):
+            writer.append(_row(i))
+    reader = Ledger(path)
+    assert len(reader.read().rows) == 5
+    if change == "atomic_rewrite":  # keep_until's way: a new file renamed over the old one
+        write_jsonl(path, [_row(0), _row(7), _row(8), _row(9), _row(10), _row(11)])
+    elif change == "truncate":
+        os.truncate(path, len(path.read_bytes().split(b"\n", 2)[0]) + 1)
+    elif change == "delete_and_recreate":  # reset_consolidation's way; the inode number may come back
+        path.unlink()
+        with Ledger(path) as writer:
+            for i in range(10, 17):
+                writer.append(_row(i))
+    else:  # same length, other rows: only the last line's check can tell
+        data = path.read_bytes()
+        path.write_bytes(data.replace(b'"index":4', b'"index":6').replace(b'"seed":1004', b'"seed":1006'))
+    c = _same_as_a_full_read(reader)
+    assert [r["index"] for r in c.rows] == [r["index"] for r in Ledger(path).read().rows]
+
+
+def test_a_second_read_parses_only_the_appended_bytes(tmp_path, monkeypatch):
+    import randopt_verl.core.ledger as ledger_mod
+    path = tmp_path / "l.jsonl"
+    with Ledger(path) as writer:
+        for i in range(50):
+            writer.append(_row(i, pad="y" * 100))
+    reader = Ledger(path)
+    parsed = []
+    real = ledger_mod.parse_jsonl
+    monkeypatch.setattr(ledger_mod, "parse_jsonl", lambda data, **kw: parsed.append(len(data)) or real(data, **kw))
+    assert len(reader.read().rows) == 50 and parsed == [path.stat().st_size]
+    size, k = path.stat().st_size, 3
+    with Ledger(path) as writer:
+        for i in range(50, 50 + k):
+            writer.append(_row(i, pad="y" * 100))
+    parsed.clear()
+    assert len(reader.read().rows) == 50 + k
+    assert parsed == [path.stat().st_size - size]  # the k new rows' bytes, nothing before them
+    parsed.clear()
+    assert len(reader.read().rows) == 50 + k and parsed == []  # nothing appended: nothing parsed
+
+
+def test_read_results_do_not_alias_the_ledgers_state(tmp_path):
+    path = tmp_path / "l.jsonl"
+    with Ledger(path) as led:
+        led.append(_row(0))
+        led.append(_row(0, score=0.9))
+        first = led.read()
+        first.rows.clear()
+        first.duplicates.append(_row(5))
+        first.by_index[7] = _row(7)
+        led.append(_row(1))
+        c = led.read()
+    assert [r["index"] for r in c.rows] == [0, 1] and [r["score"] for r in c.duplicates] == [0.9]
+
+
+def test_delete_forgets_the_rows(tmp_path):
+    path = tmp_path / "l.jsonl"
+    led = Ledger(path)
+    led.append(_row(0))
+    assert len(led.read().rows) == 1
+    led.delete()
+    assert not path.exists() and led.read().rows == []
+    led.append(_row(3))
+    assert [r["index"] for r in led.read().rows] == [3]
+    led.close()
