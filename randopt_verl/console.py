@@ -30,9 +30,9 @@ from typing import IO, Any, Optional
 
 from tqdm import tqdm
 
+from randopt_verl.core.rundir import RunDir  # owns the names console.log and progress.jsonl
+
 PROGRESS_ENV = "RANDOPT_VERL_PROGRESS"
-LOG_NAME = "console.log"
-PROGRESS_NAME = "progress.jsonl"
 
 
 # --------------------------------------------------------------------------------------------- trainer side
@@ -123,8 +123,8 @@ class Quiet:
 
     def __init__(self, run_dir: os.PathLike | str, poll_s: float = 0.5):
         self.dir = Path(run_dir).resolve()
-        self.log_path = self.dir / LOG_NAME
-        self.progress_path = self.dir / PROGRESS_NAME
+        self.log_path = RunDir(self.dir).console_log_path
+        self.progress_path = RunDir(self.dir).progress_path
         self.poll_s = poll_s
         self._stop = threading.Event()
 

@@ -55,7 +55,8 @@ def main() -> int:
 
     from randopt_verl.assets import embedded
     from randopt_verl.core import report, stats, vote
-    from randopt_verl.core.rundir import BASE, RunDir
+    from randopt_verl.core.ledger import BASE
+    from randopt_verl.core.rundir import RunDir
     from randopt_verl.inprocess import compose, trainer_session
     from randopt_verl.tools import demo
 

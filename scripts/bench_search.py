@@ -31,8 +31,8 @@ def main() -> int:
 
     from randopt_verl.assets import data, embedded
     from randopt_verl.inprocess import compose, trainer_session
+    from randopt_verl.core.ledger import Ledger, candidate_row
     from randopt_verl.core.population import Candidate, ParamFilter
-    from randopt_verl.core.rundir import Ledger, candidate_row
     from randopt_verl.trainers.harness import greedy
 
     model = a.model or embedded.default_model_path()

@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from randopt_verl import console
+from randopt_verl.core.rundir import RunDir
 from randopt_verl.console import PROGRESS_ENV, ProgressView, error_line, phase_bar
 
 
@@ -95,7 +95,7 @@ def _child(tmp_path: Path, mode: str) -> subprocess.CompletedProcess:
 def test_quiet_sends_output_to_the_log_and_progress_to_the_terminal(tmp_path):
     proc = _child(tmp_path, "ok")
     assert proc.returncode == 0, proc.stderr
-    log = (tmp_path / "run" / console.LOG_NAME).read_text()
+    log = RunDir(tmp_path / "run").console_log_path.read_text()
     terminal = proc.stdout.splitlines()
     assert terminal == ["before quiet",
                         f"randopt_verl: quiet console: starting Ray and verl; their output goes to "
@@ -109,7 +109,7 @@ def test_quiet_sends_output_to_the_log_and_progress_to_the_terminal(tmp_path):
 def test_quiet_error_reaches_the_terminal_with_its_fix_and_the_log(tmp_path):
     proc = _child(tmp_path, "fail")
     assert proc.returncode == 3
-    log_path = tmp_path / "run" / console.LOG_NAME
+    log_path = RunDir(tmp_path / "run").console_log_path
     assert "RuntimeError: reward function not found; fix: set reward.custom_reward_function.path" in proc.stdout
     assert f"full log: {log_path}" in proc.stdout
     assert "Traceback (most recent call last)" in log_path.read_text()

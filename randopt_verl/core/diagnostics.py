@@ -1,7 +1,7 @@
 """What a reviewer asks of a RandOpt result beyond its point estimates: an interval on every accuracy, paired
 intervals on the differences the table invites, and how well selection predicted test accuracy.
 
-Plain data, no Ray, no verl. `annotate` adds to a results.json dict (schema: `randopt_verl.core.vote`) from the
+Plain data, no Ray, no verl. `annotate` adds to a results.json dict (schema: `randopt_verl.core.results_schema`) from the
 test ledger's per-prompt answers; every number comes from `randopt_verl.core.stats`:
 
 - ``ci95`` (Wilson, `stats.accuracy_ci`) next to each 0/1-per-prompt accuracy: base, each expert, each vote
@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Sequence
 
 from . import stats, vote
-from .rundir import BASE, base_sample_index
+from .ledger import BASE, base_sample_index
 
 
 def _ci(accs: Sequence[float]) -> list[float]:

@@ -24,7 +24,7 @@ partial; it is reported under ``stopped`` and never counted in the top-K.
 
 Block rows
 ----------
-A block row is a ledger row (`randopt_verl.core.rundir.candidate_row`) of candidate i on block b, stored under the
+A block row is a ledger row (`randopt_verl.core.ledger.candidate_row`) of candidate i on block b, stored under the
 index ``block_row_index(i, b, n_blocks) = i * n_blocks + b`` (the block count is fixed by the run's identity:
 selection set and block size), so the ledger's de-duplication by index keeps one row per (candidate, block).
 """
@@ -37,7 +37,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .rundir import candidate_row
+from .ledger import candidate_row
 
 
 def block_row_index(candidate: int, block: int, n_blocks: int) -> int:

@@ -114,7 +114,7 @@ def choose(models: Sequence[Mapping[str, Any]], scores: Mapping[int, float], var
 
 
 def results_block(record: Mapping[str, Any]) -> dict[str, Any]:
-    """results.json's ``consolidated`` block from `run`'s return value (results.json's schema: docs/ARCHITECTURE.md, "Run directory")."""
+    """results.json's ``consolidated`` block from the trainer's record (schema: randopt_verl.core.results_schema)."""
     models = {m["index"]: m for m in record["models"]}
     scores = {int(i): v for i, v in record["selection_scores"].items()}
     w = models[record["chosen"]["weighted"]]

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from randopt_verl.core.rundir import BASE, RunDir
+from randopt_verl.core.ledger import BASE
+from randopt_verl.core.rundir import RunDir
 
 
 def draw(run_dir: str | Path) -> list[Path]:

@@ -2,7 +2,7 @@
 `randopt-verl compare` and the demo show the same quantity the same way.
 
 Plain data, no Ray, no verl. Inputs are the files the trainers write (results.json, whose schema is in
-`randopt_verl.core.vote`, and the runs `randopt_verl.tools.compare.load_run` reads); nothing here computes a result.
+`randopt_verl.core.results_schema`, and the runs `randopt_verl.tools.compare.load_run` reads); nothing here computes a result.
 
 Formats: an accuracy is a percentage with one decimal ("52.5%"); a count is exact below 1000 and three significant
 digits above ("2.36k", "150.00k" keeps two decimals); a duration is "4.2s", "3m20s" or "1h02m"; a missing or
@@ -102,7 +102,7 @@ def _cost_row(label: str, c: Mapping[str, Any]) -> list[str]:
 
 
 def results_table(results: Mapping[str, Any]) -> str:
-    """The tables of one RandOpt results.json (schema in `randopt_verl.core.vote`); every key but ``base`` may be
+    """The tables of one RandOpt results.json (schema in `randopt_verl.core.results_schema`); every key but ``base`` may be
     missing (its cell renders as "-"). Accuracies carry their 95% interval in brackets where results.json has one.
 
     "Best single expert" is the rank-1 expert's test accuracy (chosen on the selection set: an honest number); the

@@ -185,8 +185,9 @@ def _density_args(p: argparse.ArgumentParser) -> None:
 
 def _density(args: argparse.Namespace) -> int:
     from randopt_verl.core import report
-    from randopt_verl.core.rundir import RESULTS, read_json
     from randopt_verl.core import plots
+    from randopt_verl.core.jsonio import read_json
+    from randopt_verl.core.rundir import RESULTS
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():

@@ -14,7 +14,7 @@
 
 Formats read:
 
-- RandOpt: ``results.json`` (schema in `randopt_verl.core.vote`). Its accuracy is the selected top-k vote at the
+- RandOpt: ``results.json`` (schema in `randopt_verl.core.results_schema`). Its accuracy is the selected top-k vote at the
   largest k reported (labelled "maj@K" in the table); the curve is the base model at cost 0 and that vote at the
   run's total cost (the search spends its budget before any answer exists, so there is no curve in between).
 - ES and GRPO: ``metrics.jsonl``, one ``{"step": int, "data": {...}}`` per line (verl's file logger format; the
@@ -52,7 +52,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from randopt_verl.core import report as _report
-from randopt_verl.core.rundir import METRICS, RESULTS, RunDir, read_json, read_jsonl
+from randopt_verl.core.jsonio import read_json, read_jsonl
+from randopt_verl.core.rundir import METRICS, RESULTS, RunDir
 from randopt_verl.core.stats import wilson
 
 log = logging.getLogger(__name__)

@@ -200,8 +200,9 @@ def run(out: str = "randopt_demo", model: str | None = None, population: int | N
     if proc.returncode == 2:  # a config error, printed above with its fix; nothing ran
         return 2
     if proc.returncode != 0:
-        print(f"randopt-verl demo: the search stopped (exit {proc.returncode}); the log is {run_dir}/console.log; "
-              f"run the demo again to resume from {run_dir}/ledger.jsonl", file=sys.stderr)
+        run = RunDir(run_dir)
+        print(f"randopt-verl demo: the search stopped (exit {proc.returncode}); the log is {run.console_log_path}; "
+              f"run the demo again to resume from {run.ledger.path}", file=sys.stderr)
         return proc.returncode
     print()
     print(summary(run_dir))

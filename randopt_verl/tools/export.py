@@ -41,7 +41,9 @@ import torch
 
 from randopt_verl.core import noise
 from randopt_verl.core.population import Candidate, Merged, ParamFilter, perturb_module_
-from randopt_verl.core.rundir import RunDir, atomic_write_json, fingerprint_files, model_files, read_json
+from randopt_verl.core.fingerprint import fingerprint_files, model_files
+from randopt_verl.core.jsonio import atomic_write_json, read_json
+from randopt_verl.core.rundir import RunDir
 
 log = logging.getLogger(__name__)
 

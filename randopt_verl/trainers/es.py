@@ -22,8 +22,10 @@ from randopt_verl.config import schema  # a module import (see trainers/harness.
 from randopt_verl.console import phase_bar
 from randopt_verl.core.cost import Cost
 from randopt_verl.core.es_update import iteration_seeds, zscore
+from randopt_verl.core.fingerprint import hash_rows
+from randopt_verl.core.jsonio import append_jsonl, keep_until
 from randopt_verl.core.population import Candidate
-from randopt_verl.core.rundir import RunDir, append_jsonl, hash_rows, keep_until
+from randopt_verl.core.rundir import RunDir
 from randopt_verl.trainers.harness import PromptSet, SearchTrainer, greedy
 
 logger = logging.getLogger(__name__)

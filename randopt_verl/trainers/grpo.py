@@ -31,8 +31,9 @@ from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from randopt_verl import preflight
-from randopt_verl.core.rundir import RunDir, atomic_write_json, keep_until, read_json, write_jsonl
 from randopt_verl.core.cost import Cost
+from randopt_verl.core.jsonio import atomic_write_json, keep_until, read_json, write_jsonl
+from randopt_verl.core.rundir import RunDir
 from randopt_verl.workers import use_search_worker
 
 log = logging.getLogger(__name__)

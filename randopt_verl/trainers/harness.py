@@ -41,7 +41,10 @@ from randopt_verl.config import schema
 from randopt_verl.core import noise
 from randopt_verl.core.cost import Cost
 from randopt_verl.core.population import Candidate, Merged, ParamFilter
-from randopt_verl.core.rundir import RunDir, append_jsonl, candidate_row, fingerprint_files, hash_rows, model_files
+from randopt_verl.core.fingerprint import fingerprint_files, hash_rows, model_files
+from randopt_verl.core.jsonio import append_jsonl
+from randopt_verl.core.ledger import candidate_row
+from randopt_verl.core.rundir import RunDir
 from randopt_verl.core.vote import normalise_reward
 from randopt_verl.cpu.hf_engine import HFOptions
 from randopt_verl.workers import use_search_worker

@@ -11,8 +11,8 @@ random-k, base self-consistency) -> optionally one consolidated model and its sh
 -> results.json with intervals, selection diagnostics (core/diagnostics.py), accuracy vs N from ledger prefixes
 (randopt.accuracy_vs_n, core/acc_vs_n.py) and plots (rendered by randopt_verl.core.report and
 randopt_verl.core.plots), tracking. The settings are `self.settings`, the typed `randopt` node (config/schema.py).
-Every evaluation is on disk (ledger.jsonl, test_ledger.jsonl; names and indices: randopt_verl.core.rundir) before it
-counts; a restarted run skips it.
+Every evaluation is on disk (ledger.jsonl, test_ledger.jsonl; names: randopt_verl.core.rundir, indices:
+randopt_verl.core.ledger) before it counts; a restarted run skips it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ from randopt_verl.console import phase_bar  # tqdm that also feeds the quiet con
 from randopt_verl.core import acc_vs_n, diagnostics, halving, merge, plots, sigma_choice, vote
 from randopt_verl.core.cost import Cost
 from randopt_verl.core.population import Candidate, base_sample_seed, sample_population
-from randopt_verl.core.rundir import BASE, Ledger, RunDir, base_sample_index, base_sample_number, hash_rows, verify_rows
+from randopt_verl.core.fingerprint import hash_rows
+from randopt_verl.core.ledger import BASE, Ledger, base_sample_index, base_sample_number, verify_rows
+from randopt_verl.core.results_schema import SCHEMA_VERSION
+from randopt_verl.core.rundir import RunDir
 from randopt_verl.trainers.harness import PromptSet, Sampling, SearchTrainer, greedy, sampled
 
 logger = logging.getLogger(__name__)
@@ -267,7 +270,7 @@ class RandOptTrainer(SearchTrainer):
         table = {m: list(zip(r["preds"], r["accs"])) for m, r in test_rows.items()}
         ranked_ids = [r["index"] for r in ranked]
         results: dict[str, Any] = {
-            "schema_version": 1,
+            "schema_version": SCHEMA_VERSION,
             "n_candidates": len(rows),
             "n_selection": base_row["n"],
             "n_test": test_rows[BASE]["n"],

@@ -8,7 +8,7 @@ import pytest
 from randopt_verl.core import stats, vote
 from randopt_verl.core.diagnostics import annotate
 from randopt_verl.core.report import results_table
-from randopt_verl.core.rundir import BASE, base_sample_index
+from randopt_verl.core.ledger import BASE, base_sample_index
 
 N = 20
 

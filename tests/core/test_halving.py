@@ -10,7 +10,7 @@ import pytest
 
 from randopt_verl.core import halving
 from randopt_verl.core.halving import Rule, block_row_index, join_rows, race, split_block_row_index
-from randopt_verl.core.rundir import candidate_row
+from randopt_verl.core.ledger import candidate_row
 
 
 def _population(n: int, n_prompts: int, seed: int = 0) -> dict[int, list[float]]:

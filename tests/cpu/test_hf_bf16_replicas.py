@@ -11,7 +11,7 @@ import torch
 
 from randopt_verl.core import noise
 from randopt_verl.core.population import Candidate, ParamFilter, tied_aliases
-from randopt_verl.core.rundir import Ledger
+from randopt_verl.core.ledger import Ledger
 
 pytestmark = pytest.mark.slow
 

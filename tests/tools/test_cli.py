@@ -9,7 +9,8 @@ import pytest
 
 from randopt_verl.core import noise
 from randopt_verl.tools.cli import COMMANDS, main
-from randopt_verl.core.rundir import Ledger, candidate_row, fingerprint_files, model_files
+from randopt_verl.core.fingerprint import fingerprint_files, model_files
+from randopt_verl.core.ledger import Ledger, candidate_row
 
 RESULTS = {
     "schema_version": 1, "n_candidates": 6, "n_selection": 4, "n_test": 4,

@@ -13,7 +13,7 @@ from randopt_verl.core import noise
 from randopt_verl.cpu.hf_engine import HFEngine, Sampling
 from randopt_verl.tools.export import EXPERT_RECORD, export_expert
 from randopt_verl.core.population import ParamFilter
-from randopt_verl.core.rundir import fingerprint_files, model_files
+from randopt_verl.core.fingerprint import fingerprint_files, model_files
 
 EXPERTS = [
     {"rank": 1, "index": 7, "seed": 123456, "sigma": 0.02, "selection_score": 0.5, "selection_acc": 0.5},

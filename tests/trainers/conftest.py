@@ -59,7 +59,7 @@ def _kill_then_resume(args: list[str], run_dir: Path, rows_file: Path, rows: int
     SIGKILL it once ``rows_file`` has ``rows`` rows (within ``wait_s``), check nothing survived and no top-K was
     written, then finish the run with verl's own entry point (within ``resume_s``). Returns the rows on disk when it
     was killed."""
-    from randopt_verl.core.rundir import Ledger
+    from randopt_verl.core.ledger import Ledger
 
     # RAY_ADDRESS=local: a Ray cluster private to this run, never another one on the machine
     env = dict(os.environ, RANDOPT_VERL_ROLLOUT_THREADS="1", RAY_ADDRESS="local")

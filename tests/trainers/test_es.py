@@ -12,7 +12,9 @@ from omegaconf import OmegaConf
 
 from randopt_verl.core.es_update import es_update_
 from randopt_verl.core.population import ParamFilter
-from randopt_verl.core.rundir import ManifestMismatch, RunDir, read_jsonl
+from randopt_verl.core.jsonio import read_jsonl
+from randopt_verl.core.manifest import ManifestMismatch
+from randopt_verl.core.rundir import RunDir
 from randopt_verl.inprocess import compose, trainer_session
 
 pytestmark = pytest.mark.slow

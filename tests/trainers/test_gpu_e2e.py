@@ -14,7 +14,9 @@ import torch
 
 from randopt_verl.core.es_update import es_update_
 from randopt_verl.core.population import Candidate
-from randopt_verl.core.rundir import Ledger, RunDir, read_json, read_jsonl
+from randopt_verl.core.jsonio import read_json, read_jsonl
+from randopt_verl.core.ledger import Ledger
+from randopt_verl.core.rundir import RunDir
 from randopt_verl.inprocess import compose, trainer_session
 
 VARIED_REWARD = str(Path(__file__).resolve().parents[1] / "fixtures" / "varied_reward.py")

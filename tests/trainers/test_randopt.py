@@ -16,7 +16,10 @@ from omegaconf import OmegaConf
 
 from randopt_verl.core import noise
 from randopt_verl.core.population import Candidate, Merged, ParamFilter, combined, tied_aliases
-from randopt_verl.core.rundir import Ledger, ManifestMismatch, RunDir, TestSetChanged, read_json
+from randopt_verl.core.jsonio import read_json
+from randopt_verl.core.ledger import Ledger
+from randopt_verl.core.manifest import ManifestMismatch, TestSetChanged
+from randopt_verl.core.rundir import RunDir
 from randopt_verl.inprocess import compose, trainer_session
 
 pytestmark = pytest.mark.slow

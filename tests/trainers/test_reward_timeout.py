@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from randopt_verl.core.rundir import Ledger, read_json
+from randopt_verl.core.jsonio import read_json
+from randopt_verl.core.ledger import Ledger
 from randopt_verl.inprocess import compose, fit, trainer_session
 
 from .conftest import ROOT

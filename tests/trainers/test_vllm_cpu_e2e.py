@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from randopt_verl.core.population import Candidate
-from randopt_verl.core.rundir import Ledger, read_json, read_jsonl
+from randopt_verl.core.jsonio import read_json, read_jsonl
+from randopt_verl.core.ledger import Ledger
 from randopt_verl.cpu.vllm_cpu import CPU_DIST, installed_vllm
 from randopt_verl.inprocess import compose, trainer_session
 
