@@ -90,7 +90,7 @@ def test_every_randopt_and_es_key_is_read_by_its_trainer():
     from randopt_verl.config.schema import ESConfig, RandOptConfig, known_keys
 
     package = Path(__file__).resolve().parents[1] / "randopt_verl"
-    checks_only = {"config", "validate.py", "preflight.py"}
+    checks_only = {"config", "validate.py", "preflight"}
     source = "".join(p.read_text() for p in package.rglob("*.py")
                      if not checks_only & set(p.relative_to(package).parts))
     for cls, name in ((RandOptConfig, "randopt"), (ESConfig, "es")):
