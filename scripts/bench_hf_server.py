@@ -7,7 +7,7 @@ Default model: the embedded SmolLM2-135M-Instruct; prompts: the demo's countdown
 template applied), greedy. Per mode (dtype-sharing[-batch][-attn]: fp32|bf16, shared|unshared, optionally a batch size
 other than --max-batch-size and an attention implementation (sdpa, eager, randopt_grouped_eager; default: the
 engine's choice) it loads a fresh engine, then for each of
---candidates candidates times set_candidate (pristine + σ·ε) and generate_batch over all prompts (what RandOpt's
+--candidates candidates times hold (pristine + σ·ε) and generate_batch over all prompts (what RandOpt's
 generate_many does). It prints generated tokens/s, seconds per candidate and the ratio of the generation time to a
 roofline: the model's matmul FLOPs (2 x Linear weights x every prompt and generated token, plus attention
 4 x heads x head_dim x context per token and layer) divided by the best GEMM rate measured in this run for that
@@ -83,6 +83,7 @@ def main() -> int:
     from transformers.utils import logging as hf_logging
 
     from randopt_verl.assets import data, embedded
+    from randopt_verl.core.population import Candidate
     from randopt_verl.cpu.hf_engine import Batcher, HFEngine, Sampling, bf16_matmul_unit, common_prefix_len
     from randopt_verl.tools import demo
 
@@ -119,7 +120,7 @@ def main() -> int:
         t_set, t_gen, outs = [], [], None
         for c in range(a.candidates):
             t0 = time.perf_counter()
-            engine.set_candidate(seed=1000 + c, sigma=0.002)
+            engine.hold(Candidate(index=c, seed=1000 + c, sigma=0.002))
             t1 = time.perf_counter()
             outs = engine.generate_batch(prompts, greedy)
             t_gen.append(time.perf_counter() - t1)
@@ -136,7 +137,7 @@ def main() -> int:
         roof = flops / rate
         gen, setc = min(t_gen), min(t_set)
         summary.append((mode, dtype, gen, setc, flops))
-        print(f"{mode:17s} [{engine.attn_implementation}] generate {gen:6.2f} s  {sum(new_lens) / gen:7.1f} tok/s  set_candidate {setc:5.2f} s  "
+        print(f"{mode:17s} [{engine.attn_implementation}] generate {gen:6.2f} s  {sum(new_lens) / gen:7.1f} tok/s  hold {setc:5.2f} s  "
               f"per candidate {gen + setc:6.2f} s  roofline {roof:5.2f} s at {rate / 1e9:5.0f} GFLOP/s "
               f"({flops / 1e9:.0f} GFLOP)  generate/roofline {gen / roof:5.2f}")
         if a.batcher and mode == a.modes.split(",")[0]:

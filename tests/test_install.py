@@ -37,7 +37,7 @@ def _name(requirement: str) -> str:
 
 @pytest.mark.network
 def test_gpu_extra_resolves_for_a_gpu_node_without_flash_attn(tmp_path):
-    from randopt_verl.preflight import verl_pin
+    from randopt_verl.preflight.install_checks import verl_pin
 
     if not (sys.platform == "linux" and platform.machine() == "x86_64" and (3, 10) <= sys.version_info[:2] <= (3, 12)):
         pytest.skip("resolves for this machine: needs Linux x86_64 and Python 3.10-3.12, like the GPU nodes")

@@ -18,6 +18,8 @@ import pandas as pd
 import pytest
 
 from randopt_verl import preflight
+from randopt_verl.config.errors import ConfigError
+from randopt_verl.preflight import config_checks, install_checks, machine_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 REWARD = str(ROOT / "tests" / "fixtures" / "toy_reward.py")
@@ -274,15 +276,15 @@ def test_cuda_noise_equals_cpu_noise():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    assert "bitwise equal" in preflight.check_cuda_noise()
+    assert "bitwise equal" in machine_checks.check_cuda_noise()
 
 
 def test_install_checks_name_the_package_and_the_fix(tiny_model, big_toy_data, tmp_path):
     from importlib.util import find_spec
 
     gpu = ["hardware=gpu", "trainer.n_gpus_per_node=8", *_pointed([], tiny_model, big_toy_data, tmp_path)]
-    grpo = {r.name: r for r in preflight.install_report(preflight.compose(["trainer=grpo", *gpu]))}
-    randopt = {r.name: r for r in preflight.install_report(preflight.compose(["trainer=randopt", *gpu]))}
+    grpo = {r.name: r for r in install_checks.install_report(preflight.compose(["trainer=grpo", *gpu]))}
+    randopt = {r.name: r for r in install_checks.install_report(preflight.compose(["trainer=randopt", *gpu]))}
     flash = "flash-attn (FSDP actor attention)"
     assert randopt[flash].status == "skip"  # the randopt/es actor never runs a forward pass
     if find_spec("flash_attn") is None:
@@ -291,9 +293,9 @@ def test_install_checks_name_the_package_and_the_fix(tiny_model, big_toy_data, t
         assert "attn_implementation=sdpa" in grpo[flash].detail
     if find_spec("vllm") is None:
         vllm = randopt["vLLM (rollout backend)"]
-        assert vllm.status == "fail" and f"vllm=={preflight.verl_pin('vllm', 'vllm')}" in vllm.detail
+        assert vllm.status == "fail" and f"vllm=={install_checks.verl_pin('vllm', 'vllm')}" in vllm.detail
     cpu = preflight.compose(["trainer=grpo", "hardware=cpu", *_pointed([], tiny_model, big_toy_data, tmp_path)])
-    assert {r.status for r in preflight.install_report(cpu)} == {"skip"}
+    assert {r.status for r in install_checks.install_report(cpu)} == {"skip"}
 
 
 def test_reward_on_one_row_is_doctors_and_a_hang_fails_its_line(tiny_model, toy_data, tmp_path):
@@ -310,8 +312,8 @@ def test_reward_on_one_row_is_doctors_and_a_hang_fails_its_line(tiny_model, toy_
     status, text = _doctor(base + [f"reward.custom_reward_function.path={raising}"])
     assert status == 2 and "[FAIL] reward function scores one test row: " in text and "broken reward" in text
     config = preflight.compose(base + [f"reward.custom_reward_function.path={hanging}"])
-    with pytest.raises(preflight.ConfigError, match="did not return within 1 s"):
-        preflight._reward_row(config, True, timeout_s=1)
+    with pytest.raises(ConfigError, match="did not return within 1 s"):
+        config_checks._reward_row(config, True, timeout_s=1)
 
 
 # ------------------------------------------------------------------------------------- the CPU head-to-head

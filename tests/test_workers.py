@@ -1,5 +1,6 @@
-"""SearchWorker's pieces that run without a cluster: the perturbed weight stream (tied aliases perturbed once), the
-host thread share of the ES update, and the update itself on plain and offset shards."""
+"""SearchWorker's pieces that run without a cluster: the perturbed weight stream (tied aliases perturbed once; the
+same weights as the hf server's in-place path), the host thread share of the ES update, and the update itself on
+plain and offset shards."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import verl  # noqa: F401  (imported first, as in a worker process: verl loads t
 from randopt_verl import workers as W
 from randopt_verl.core.es_update import es_update_
 from randopt_verl.core.noise import noise, perturbed
-from randopt_verl.core.population import Candidate, ParamFilter, tied_aliases
+from randopt_verl.core.population import Candidate, Merged, ParamFilter, perturb_module_, tied_aliases
 
 
 class Tied(torch.nn.Module):
@@ -95,6 +96,75 @@ def test_stream_travels_in_the_rollout_dtype_rounded_once():
             assert torch.equal(got[name].view(torch.int16), vllm_stores.view(torch.int16)), name
         if cand is not None:  # perturbed once, handed out again
             assert got["lm_head.weight"] is got["embed_tokens.weight"]
+
+
+
+class TinyLM(torch.nn.Module):
+    """Embedding tied to the output head (like Qwen2.5-0.5B's ``lm_head.weight``), a norm and an integer buffer."""
+
+    def __init__(self, dtype=torch.float32):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.embed_tokens = torch.nn.Embedding(50, 8)
+        self.proj = torch.nn.Linear(8, 8)
+        self.norm = torch.nn.LayerNorm(8)
+        self.lm_head = torch.nn.Linear(8, 50, bias=False)
+        self.lm_head.weight = self.embed_tokens.weight
+        self.register_buffer("position_ids", torch.arange(8))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        self.to(dtype)
+
+
+def test_stream_leaves_its_inputs_untouched_and_passes_unselected_tensors():
+    model = TinyLM()
+    sd = model.state_dict()
+    before = {k: v.clone() for k, v in sd.items()}
+    aliases = tied_aliases(model)
+    out = dict(W.perturbed_weight_stream(iter(sd.items()), Candidate(0, 99, 1e-2), ParamFilter(exclude=["norm"]),
+                                         aliases))
+    assert all(torch.equal(sd[k], before[k]) for k in sd)  # the FSDP tensors are never modified
+    assert list(out) == list(sd)
+    assert out["position_ids"] is sd["position_ids"]  # integer buffer: not selected
+    assert out["norm.weight"] is sd["norm.weight"]  # excluded
+    assert torch.equal(out["proj.weight"], perturbed(sd["proj.weight"], 99, "proj.weight", 1e-2))
+    assert torch.equal(out["embed_tokens.weight"], perturbed(sd["embed_tokens.weight"], 99, "embed_tokens.weight", 1e-2))
+
+
+def test_alias_follows_its_canonical_names_filter_decision():
+    model = TinyLM()
+    out = dict(W.perturbed_weight_stream(iter(model.state_dict().items()), Candidate(0, 5, 1e-2),
+                                         ParamFilter(exclude=["lm_head"]), tied_aliases(model)))
+    assert out["lm_head.weight"] is out["embed_tokens.weight"]  # excluding the alias's own name changes nothing
+    assert not torch.equal(out["embed_tokens.weight"], model.embed_tokens.weight)
+
+
+@pytest.mark.parametrize("holder", [Candidate(4, 31337, 1e-3), Merged(0, ((31337, 1e-3), (7, -4e-4), (99, 2e-4)))],
+                         ids=["candidate", "merged"])
+@pytest.mark.parametrize("rollout_dtype", [torch.float32, torch.bfloat16])
+def test_stream_path_equals_the_hf_servers_module_path(holder, rollout_dtype):
+    """The two production ways of giving a replica a candidate build the same weights: the perturb-at-sync stream
+    (SearchWorker wraps the FSDP engine's get_per_tensor_param: fp32 tensors under HF names, the tied alias
+    included; perturbed_weight_stream casts them to the rollout dtype) and the hf server's in-place path
+    (HFEngine.hold: perturb_module_ on a model in the rollout dtype from an fp32 pristine copy)."""
+    pf = ParamFilter(exclude=[r"^proj\.bias$"])
+    actor = TinyLM(torch.float32)
+    fsdp_stream = ((n, t.detach().clone()) for n, t in actor.state_dict().items())  # every name, a new tensor each
+    travel = None if rollout_dtype == torch.float32 else rollout_dtype
+    streamed = dict(W.perturbed_weight_stream(fsdp_stream, holder, pf, tied_aliases(actor), travel))
+    # the hf server: fp32 pristine copy of the parameters (a tied weight once), the model in the rollout dtype
+    served = TinyLM(torch.float32)
+    pristine = {n: p.detach().clone() for n, p in served.named_parameters()}
+    served.to(rollout_dtype)
+    perturb_module_(served, Candidate(0, 1, 5e-2), pf, pristine)  # whatever was held before does not matter
+    perturb_module_(served, holder, pf, pristine)
+    held = served.state_dict()
+    assert list(streamed) == list(held)
+    for name, t in streamed.items():
+        assert t.dtype == held[name].dtype and torch.equal(held[name], t), name
+    assert torch.equal(held["proj.bias"], pristine["proj.bias"].to(rollout_dtype))
+    assert not torch.equal(held["proj.weight"], pristine["proj.weight"].to(rollout_dtype))
 
 
 def test_travel_dtype_follows_the_rollout():

@@ -1,19 +1,20 @@
-"""Candidates, which parameters they perturb, and applying them to named tensors or a module.
+"""Candidates, which parameters they perturb, and the one function that builds a candidate's weights.
 
 What a replica can hold is a list of noise terms ``[(seed, coeff), ...]`` on top of the base weights: every
 selected parameter becomes ``fp32(base) + sum_i coeff_i * noise(seed_i, name)`` (terms added in order, in fp32),
 rounded once to the target dtype (`combined`). A search candidate (`Candidate`) is the one-term case
 ``[(seed, sigma)]``; a consolidated model (`Merged`) has one term per merged candidate. Both expose ``terms()``, and
-every consumer (the hf server's in-place path, the vLLM perturb-at-sync stream in randopt_verl.workers, the export
-and the consolidation) goes through `combined`, so one function defines the weights of whatever a replica holds.
-Everything here takes plain data so that the trainers, the weight-sync wrapper and the CPU rollout server share it.
+every consumer (the hf server's in-place path `perturb_module_`, the vLLM perturb-at-sync stream
+randopt_verl.workers.perturbed_weight_stream, the export and the consolidation) goes through `combined`, so one
+function defines the weights of whatever a replica holds. Everything here takes plain data so that the trainers,
+the weight-sync wrapper and the CPU rollout server share it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,13 +35,6 @@ class Candidate:
     seed: int
     sigma: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Candidate:
-        return cls(index=int(d["index"]), seed=int(d["seed"]), sigma=float(d["sigma"]))
-
     def terms(self) -> Terms:
         """The one noise term of a search candidate: ``((seed, sigma),)``."""
         return ((int(self.seed), float(self.sigma)),)
@@ -59,19 +53,10 @@ class Merged:
     def terms(self) -> Terms:
         return self.term_list
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"index": int(self.index), "terms": [[int(s), float(c)] for s, c in self.term_list]}
-
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Merged:
+        """A model entry of consolidated.json (``{"index", "terms": [[seed, coeff], ...], ...}``)."""
         return cls(index=int(d["index"]), term_list=tuple((int(s), float(c)) for s, c in d["terms"]))
-
-
-def candidate_from_dict(d: Mapping[str, Any] | None) -> Candidate | Merged | None:
-    """The inverse of ``to_dict`` for either kind (a dict with ``terms`` is a `Merged`); None stays None."""
-    if d is None:
-        return None
-    return Merged.from_dict(d) if "terms" in d else Candidate.from_dict(d)
 
 
 def combined(tensor: torch.Tensor, terms: Sequence[tuple[int, float]], name: str, *, offset: int = 0) -> torch.Tensor:
@@ -191,41 +176,6 @@ def tied_aliases(model_or_named: torch.nn.Module | Iterable[tuple[str, torch.Ten
         else:
             first[key] = name
     return aliases
-
-
-def perturb_named_tensors(
-    named_tensors: Iterable[tuple[str, torch.Tensor]],
-    candidate: Candidate | Merged | None,
-    param_filter: ParamFilter,
-    aliases: Mapping[str, str] | None = None,
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` with selected tensors replaced by new perturbed tensors.
-
-    This wraps a weight stream on its way into a rollout engine (verl's ``get_per_tensor_param()``
-    at weight sync): full tensors under HF names. The incoming tensors are never modified, so base
-    weights stay pristine; ``candidate=None`` passes everything through unchanged. An alias of a tied
-    weight is filtered and perturbed under its canonical name, so it carries the same value.
-    """
-    aliases = aliases or {}
-    for name, tensor in named_tensors:
-        if candidate is None:
-            yield name, tensor
-            continue
-        canonical = aliases.get(name, name)
-        if param_filter.selects(canonical, tensor):
-            yield name, combined(tensor, candidate.terms(), canonical)
-        else:
-            yield name, tensor
-
-
-def snapshot_parameters(module: torch.nn.Module, param_filter: ParamFilter | None = None) -> dict[str, torch.Tensor]:
-    """Detached copies of the module's (deduplicated) parameters, or only the selected ones: the
-    pristine weights that ``perturb_module_`` rebuilds from."""
-    return {
-        name: p.detach().clone()
-        for name, p in module.named_parameters()
-        if param_filter is None or param_filter.selects(name, p)
-    }
 
 
 def perturb_module_(

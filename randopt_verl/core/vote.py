@@ -5,7 +5,7 @@ Plain data, no Ray, no verl.
 Selection
 ---------
 `rank` orders ledger rows by mean selection ``score`` descending, ties by candidate ``index`` ascending
-(a NaN score ranks last). `top_k` is its first k.
+(a NaN score ranks last). The top K are its first K (`rank(rows)[:k]`, as the trainers take them).
 
 The vote
 --------
@@ -68,7 +68,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 __all__ = [
-    "rank", "top_k", "vote", "Outcome", "ensemble_outcomes", "ensemble_accuracy", "maj_at_k", "random_k",
+    "rank", "vote", "Outcome", "ensemble_outcomes", "ensemble_accuracy", "maj_at_k", "random_k",
     "random_k_per_prompt",
     "self_consistency", "base_maj_at_k", "fallback_pred", "normalise_reward", "fraction_beating_base", "sigma_key",
 ]
@@ -84,10 +84,6 @@ def _rank_key(row: Mapping[str, Any]) -> tuple[float, int]:
 def rank(rows: Iterable[Mapping[str, Any]]) -> list:
     """Rows by mean selection score descending, ties by candidate index ascending; NaN last."""
     return sorted(rows, key=_rank_key)
-
-
-def top_k(rows: Iterable[Mapping[str, Any]], k: int) -> list:
-    return rank(rows)[:k]
 
 
 # --------------------------------------------------------------------------------------------- vote

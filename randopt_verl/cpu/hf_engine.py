@@ -4,15 +4,15 @@ verl's rollout servers are token-in/token-out (`generate(prompt_ids, sampling_pa
 engine serves that contract with `transformers.generate`, in batches:
 - `generate_batch` runs padded batches of requests that share sampling settings;
 - `Batcher` collects concurrent `generate` calls (the agent loop sends one request per prompt) into such batches;
-- weights change only by `load_weights` (verl's weight sync) or `set_candidate` (RandOpt: pristine + σ·ε, computed
-  from the pristine copy taken at the last `load_weights`, so "restore" is exact by construction).
+- weights change only by `load_weights` (verl's weight sync) or `hold` (RandOpt: pristine + the candidate's terms,
+  computed from the pristine copy taken at the last `load_weights`, so "restore" is exact by construction).
 
 Precision (`dtype`): the model computes in `dtype`: fp32 unless asked; hardware=cpu asks for "auto", which is bf16
 where the CPU has bf16 matrix instructions (AMX or AVX512-BF16) and fp32 elsewhere (`resolve_dtype`). The pristine copy is always fp32, as the weights
 come from the checkpoint or verl's fp32 FSDP stream; a candidate is formed in fp32 from it (`base + σ·ε`, the
 canonical noise) and rounded to `dtype` once on the copy into the model, which is how the same fp32 tensors reach
 vLLM's bf16 model on a GPU. So a candidate's weights here are `bf16(fp32 base + σ·ε)` bit for bit, whichever
-path (in-place `set_candidate` or perturb-at-sync through `load_weights`) carried them.
+path (in-place `hold` or perturb-at-sync through `load_weights`) carried them.
 
 Shared prefix: the prompts of one call usually share a chat template and instructions. `generate_batch` encodes
 their longest common token prefix once (kept until the weights change), gives each batch row a copy of its KV
@@ -299,13 +299,6 @@ class HFEngine:
             self.candidate = None
             self._prefix = None
         return n
-
-    def set_candidate(self, seed: Optional[int], sigma: float = 0.0, param_filter=None) -> None:
-        """Hold pristine + σ·ε(seed) (the canonical noise, in fp32, then rounded to the model's dtype), or the
-        pristine weights when seed is None."""
-        from randopt_verl.core.population import Candidate
-
-        self.hold(None if seed is None else Candidate(index=-1, seed=int(seed), sigma=float(sigma)), param_filter)
 
     def hold(self, candidate, param_filter=None) -> None:
         """Hold a `Candidate` or `Merged` (`population.combined`: pristine + Σ coeff·ε over its terms in fp32, rounded

@@ -190,13 +190,6 @@ class PlatformCPU(PlatformBase):
         return None
 
 
-def is_cpu_platform() -> bool:
-    """True when verl resolved (or will resolve) to this platform in this process."""
-    from verl.plugin.platform import get_platform
-
-    return get_platform().device_name == "cpu"
-
-
 def rollout_threads(default: int | None = None) -> int:
     """Torch threads for one `hf` rollout server; RANDOPT_VERL_ROLLOUT_THREADS overrides."""
     env = os.environ.get("RANDOPT_VERL_ROLLOUT_THREADS")

@@ -23,8 +23,8 @@ the one the search ran on (the expert would be a different model).
 
 Memory: the fp32 model plus one parameter (4 bytes per parameter: ~28 GB for 7B). Instead of a full pristine
 snapshot, the pristine copy handed to ``perturb_module_`` is a view of each parameter as loaded; every parameter is
-read once, just before it is overwritten with a new tensor, so the result is the same as with
-``snapshot_parameters(model)`` at half the memory.
+read once, just before it is overwritten with a new tensor, so the result is the same as with a detached clone of
+every parameter (the hf server's pristine copy) at half the memory.
 """
 
 from __future__ import annotations

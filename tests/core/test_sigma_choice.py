@@ -20,7 +20,7 @@ def test_per_sigma_top_k_ranks_within_each_sigma():
     experts = sigma_choice.per_sigma_top_k(rows, 2)
     assert experts == {0.002: [2, 4], 0.004: [1, 5]}  # ties: lower index; the base row is not a candidate
     for s, ids in experts.items():
-        assert ids == [r["index"] for r in vote.top_k([r for i, r in rows.items() if i >= 0 and r["sigma"] == s], 2)]
+        assert ids == [r["index"] for r in vote.rank([r for i, r in rows.items() if i >= 0 and r["sigma"] == s])[:2]]
 
 
 def test_the_sigma_with_the_best_dev_vote_is_chosen():

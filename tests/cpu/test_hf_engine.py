@@ -8,6 +8,7 @@ import asyncio
 import pytest
 import torch
 
+from randopt_verl.core.population import Candidate
 from randopt_verl.cpu.hf_engine import Batcher, HFEngine, Sampling
 
 GREEDY = Sampling.from_params({"temperature": 0})
@@ -67,29 +68,29 @@ def test_candidate_then_restore_is_bitwise_pristine(engine):
     from randopt_verl.core import noise
 
     before = engine.named_weights()
-    engine.set_candidate(seed=123, sigma=0.01)
+    engine.hold(Candidate(0, seed=123, sigma=0.01))  # what the hf server calls (hf_rollout)
     during = engine.named_weights()
     name = "model.layers.0.mlp.up_proj.weight"
     expected = noise.perturbed(before[name], 123, name, 0.01)
     assert torch.equal(during[name], expected)
-    engine.set_candidate(None)
+    engine.hold(None)
     after = engine.named_weights()
     assert all(torch.equal(before[n], after[n]) for n in before)
 
 
 def test_tied_embedding_perturbed_once(engine):
     assert engine.model.config.tie_word_embeddings
-    engine.set_candidate(seed=5, sigma=0.02)
+    engine.hold(Candidate(0, seed=5, sigma=0.02))
     assert engine.model.lm_head.weight.data_ptr() == engine.model.model.embed_tokens.weight.data_ptr()
-    engine.set_candidate(None)
+    engine.hold(None)
 
 
 def test_load_weights_becomes_new_pristine(engine):
     base = engine.named_weights()
     name = "model.norm.weight"
     engine.load_weights([(name, base[name] + 1.0)])
-    engine.set_candidate(seed=1, sigma=0.01)
-    engine.set_candidate(None)
+    engine.hold(Candidate(0, seed=1, sigma=0.01))
+    engine.hold(None)
     assert torch.equal(engine.named_weights()[name], base[name] + 1.0)
     engine.load_weights([(name, base[name])])
     with pytest.raises(KeyError, match="not a parameter"):
@@ -116,7 +117,7 @@ def test_grouped_eager_attention_matches_sdpa(tiny_model, prompts):
         eng = HFEngine(tiny_model, dtype="float32", max_response_length=8, max_batch_size=4, threads=1,
                        attn_implementation=attn)
         assert eng.model.config.num_attention_heads > eng.model.config.num_key_value_heads  # grouped heads
-        eng.set_candidate(seed=3, sigma=0.5)  # varied tokens
+        eng.hold(Candidate(0, seed=3, sigma=0.5))  # varied tokens
         outs.append(eng.generate_batch(prompts, lp))
     assert [o.token_ids for o in outs[0]] == [o.token_ids for o in outs[1]]
     assert len({tuple(o.token_ids) for o in outs[0]}) > 1

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from randopt_verl.core import noise
-from randopt_verl.core.population import ParamFilter, perturb_named_tensors, tied_aliases
+from randopt_verl.core.population import Candidate, ParamFilter, tied_aliases
 from randopt_verl.cpu import hf_engine
 from randopt_verl.cpu.hf_engine import HFEngine, Sampling, resolve_dtype
 
@@ -40,7 +40,7 @@ def test_candidate_is_bf16_of_the_fp32_sum(engine, fp32_state):
     # the pristine copy is the checkpoint's fp32 values, the model holds them rounded once
     assert all(torch.equal(engine.pristine[n], base[n]) for n in engine.pristine)
     assert all(p.dtype == torch.bfloat16 for p in engine.model.parameters())
-    engine.set_candidate(SEED, SIGMA)
+    engine.hold(_cand())
     got = engine.named_weights()
     want = expected_candidate(fp32_state, SEED, SIGMA)
     for name, w in got.items():
@@ -49,14 +49,22 @@ def test_candidate_is_bf16_of_the_fp32_sum(engine, fp32_state):
     name = "model.layers.0.mlp.up_proj.weight"
     twice = noise.perturbed(base[name].to(torch.bfloat16), SEED, name, SIGMA)
     assert not torch.equal(got[name], twice)
-    engine.set_candidate(None)
+    engine.hold(None)
     assert all(torch.equal(w, base[n].to(torch.bfloat16)) for n, w in engine.named_weights().items())
 
 
 def test_weight_sync_follows_the_same_rule(engine, fp32_state):
     """perturb-at-sync: verl's fp32 stream, perturbed, lands as bf16(fp32 base + σ·ε), as the in-place path."""
+    import verl  # noqa: F401  (first, as in a worker process: verl loads the plugin, which imports the workers)
+
+    from omegaconf import OmegaConf
+
+    from randopt_verl import workers
+
     aliases = tied_aliases(fp32_state)
-    stream = perturb_named_tensors(iter(fp32_state), _cand(), ParamFilter(None, None), aliases)
+    # the stream SearchWorker hands verl's update_weights, in the dtype it travels in to the hf backend (fp32: None)
+    stream = workers.perturbed_weight_stream(iter(fp32_state), _cand(), ParamFilter(None, None), aliases,
+                                             workers.travel_dtype(OmegaConf.create({"name": "hf"})))
     engine.load_weights(stream)
     want = expected_candidate(fp32_state, SEED, SIGMA)
     assert all(torch.equal(w, want[n]) for n, w in engine.named_weights().items())
@@ -64,14 +72,14 @@ def test_weight_sync_follows_the_same_rule(engine, fp32_state):
     assert torch.equal(engine.pristine["model.norm.weight"],
                        noise.perturbed(dict(fp32_state)["model.norm.weight"], SEED, "model.norm.weight", SIGMA))
     engine.load_weights(iter(fp32_state))  # back to the base
-    engine.set_candidate(SEED, SIGMA)
+    engine.hold(_cand())
     assert all(torch.equal(w, want[n]) for n, w in engine.named_weights().items())
-    engine.set_candidate(None)
+    engine.hold(None)
 
 
 def test_partial_stream_during_a_candidate_restores_the_rest(engine, fp32_state):
     base = dict(fp32_state)
-    engine.set_candidate(SEED, SIGMA)
+    engine.hold(_cand())
     engine.load_weights([("model.norm.weight", base["model.norm.weight"] + 1.0)])
     got = engine.named_weights()
     assert torch.equal(got["model.norm.weight"], (base["model.norm.weight"] + 1.0).to(torch.bfloat16))
@@ -81,8 +89,6 @@ def test_partial_stream_during_a_candidate_restores_the_rest(engine, fp32_state)
 
 
 def _cand():
-    from randopt_verl.core.population import Candidate
-
     return Candidate(index=0, seed=SEED, sigma=SIGMA)
 
 
@@ -97,7 +103,7 @@ def test_outputs_do_not_depend_on_the_thread_count(tiny_model):
     runs = []
     for threads in (1, 2):
         eng = HFEngine(tiny_model, dtype="bfloat16", max_response_length=8, max_batch_size=8, threads=threads)
-        eng.set_candidate(SEED, 0.5)  # large noise: varied tokens, so equality is not trivial
+        eng.hold(Candidate(0, SEED, 0.5))  # large noise: varied tokens, so equality is not trivial
         outs = eng.generate_batch(prompts, GREEDY_LP)
         runs.append(([o.token_ids for o in outs], [o.log_probs for o in outs]))
     torch.set_num_threads(1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from randopt_verl.core.population import Candidate
 from randopt_verl.cpu.hf_engine import HFEngine, Sampling, common_prefix_len
 
 GREEDY_LP = Sampling.from_params({"temperature": 0, "logprobs": True})
@@ -41,7 +42,7 @@ def unshared(tiny_model):
 
 
 def run(engine, prompts, seed, sampling=GREEDY_LP):
-    engine.set_candidate(seed, 0.5)  # large noise: the tiny random model then answers with varied tokens
+    engine.hold(Candidate(0, seed, 0.5))  # large noise: the tiny random model then answers with varied tokens
     return engine.generate_batch(prompts, sampling)
 
 

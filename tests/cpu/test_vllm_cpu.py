@@ -93,6 +93,7 @@ def test_hardware_cpu_composes_a_valid_vllm_rollout(tiny_model, toy_data, tmp_pa
     """hardware=cpu + rollout.name=vllm: the settings vLLM's CPU backend needs come from the preset, and pass the
     config checks (the install check is apart: it needs the package)."""
     from randopt_verl import preflight
+    from randopt_verl.preflight import config_checks
 
     config = preflight.compose([
         "trainer=randopt", "hardware=cpu", "actor_rollout_ref.rollout.name=vllm",
@@ -102,22 +103,23 @@ def test_hardware_cpu_composes_a_valid_vllm_rollout(tiny_model, toy_data, tmp_pa
     assert (rollout.enable_sleep_mode, rollout.free_cache_engine, rollout.enforce_eager) == (False, False, True)
     assert 0 < rollout.gpu_memory_utilization <= 0.2
     assert rollout.engine_kwargs.vllm.kv_cache_memory_bytes == 1 << 30  # not a share of whatever memory is free
-    failed = [r.line() for r in preflight.config_report(config, call_reward=False) if r.status == "fail"]
+    failed = [r.line() for r in config_checks.config_report(config, call_reward=False) if r.status == "fail"]
     assert not failed, failed
 
 
 def test_doctor_names_the_missing_cpu_build(monkeypatch, tiny_model, toy_data, tmp_path):
     from randopt_verl import preflight
+    from randopt_verl.preflight import install_checks
 
     monkeypatch.setattr(vllm_cpu, "installed_vllm", lambda: (None, None))
     config = preflight.compose([
         "trainer=randopt", "hardware=cpu", "actor_rollout_ref.rollout.name=vllm",
         f"actor_rollout_ref.model.path={tiny_model}", f"data.train_files={toy_data['train']}",
         f"data.val_files={toy_data['test']}", f"trainer.default_local_dir={tmp_path}", "data.train_batch_size=4"])
-    (vllm,) = [r for r in preflight.install_report(config) if r.name.startswith("vLLM")]
+    (vllm,) = [r for r in install_checks.install_report(config) if r.name.startswith("vLLM")]
     assert vllm.status == "fail" and "install_vllm_cpu.sh" in vllm.line()
     monkeypatch.setattr(vllm_cpu, "installed_vllm", lambda: ("vllm", "0.24.0"))
-    (vllm,) = [r for r in preflight.install_report(config) if r.name.startswith("vLLM")]
+    (vllm,) = [r for r in install_checks.install_report(config) if r.name.startswith("vLLM")]
     assert vllm.status == "fail" and "GPU build" in vllm.line()
 
 

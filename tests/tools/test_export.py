@@ -12,8 +12,8 @@ import torch
 from randopt_verl.core import noise
 from randopt_verl.cpu.hf_engine import HFEngine, Sampling
 from randopt_verl.tools.export import EXPERT_RECORD, export_expert
-from randopt_verl.core.population import ParamFilter
 from randopt_verl.core.fingerprint import fingerprint_files, model_files
+from randopt_verl.core.population import Candidate, ParamFilter
 
 EXPERTS = [
     {"rank": 1, "index": 7, "seed": 123456, "sigma": 0.02, "selection_score": 0.5, "selection_acc": 0.5},
@@ -54,7 +54,7 @@ def exported(run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def engine(tiny_model):
     e = HFEngine(tiny_model, max_response_length=MAX_TOKENS, max_batch_size=8, threads=1)
-    e.set_candidate(EXPERTS[0]["seed"], EXPERTS[0]["sigma"], ParamFilter(None, EXCLUDE))
+    e.hold(Candidate(EXPERTS[0]["index"], EXPERTS[0]["seed"], EXPERTS[0]["sigma"]), ParamFilter(None, EXCLUDE))
     return e
 
 

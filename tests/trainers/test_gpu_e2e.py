@@ -88,10 +88,11 @@ def test_gpu_configs_pass_verl_validation(common, tmp_path, method):
     from verl.utils.config import validate_config
 
     from randopt_verl import preflight
+    from randopt_verl.preflight import config_checks
 
     args = _gpu(common, tmp_path)
     config = preflight.compose((_varied(args) if method is ES else args) + method)  # as the tests below compose
-    failed = [r.line() for r in preflight.config_report(config, call_reward=False) if r.status == "fail"]
+    failed = [r.line() for r in config_checks.config_report(config, call_reward=False) if r.status == "fail"]
     assert not failed, failed
     assert config.actor_rollout_ref.rollout.name == "vllm"
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
