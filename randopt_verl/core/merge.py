@@ -36,7 +36,6 @@ import numpy as np
 from randopt_verl.core import noise, stats, vote
 from randopt_verl.core.cost import Cost
 from randopt_verl.core.es_update import zscore
-from randopt_verl.core.population import Merged
 
 RECORD_FORMAT = "randopt_verl.consolidated/1"
 WEIGHTINGS = ("zscore",)
@@ -99,10 +98,6 @@ def plan(rows: Sequence[Mapping[str, Any]], ranked: Sequence[Mapping[str, Any]],
         "shuffled_weights": [float(x) for x in by_variant["shuffled"]] if shuffled_control else None,
         "models": models,
     }
-
-
-def merged(model: Mapping[str, Any]) -> Merged:
-    return Merged(index=int(model["index"]), term_list=tuple((int(a), float(b)) for a, b in model["terms"]))
 
 
 def choose(models: Sequence[Mapping[str, Any]], scores: Mapping[int, float], variant: str) -> Optional[dict]:

@@ -26,7 +26,7 @@ from randopt_verl.config import schema  # a module import (see trainers/harness.
 from randopt_verl.console import phase_bar  # tqdm that also feeds the quiet console
 from randopt_verl.core import acc_vs_n, diagnostics, halving, merge, plots, sigma_choice, vote
 from randopt_verl.core.cost import Cost
-from randopt_verl.core.population import Candidate, base_sample_seed, sample_population
+from randopt_verl.core.population import Candidate, Merged, base_sample_seed, sample_population
 from randopt_verl.core.fingerprint import hash_rows
 from randopt_verl.core.ledger import BASE, Ledger, base_sample_index, base_sample_number, verify_rows
 from randopt_verl.core.results_schema import SCHEMA_VERSION
@@ -246,7 +246,7 @@ class RandOptTrainer(SearchTrainer):
             print("randopt: the consolidation plan changed (settings or candidates): its evaluations are redone")
             run.reset_consolidation()
         run.write_consolidated(record)
-        models = {m["index"]: merge.merged(m) for m in record["models"]}
+        models = {m["index"]: Merged.from_dict(m) for m in record["models"]}
         sampling = lambda i: greedy(self.response_length)  # noqa: E731
         # the consolidation's own costs, reported in its results block (the search's cost is unchanged)
         sel_cost = Cost.of_rows(run.consolidation_ledger.read().rows)

@@ -13,7 +13,7 @@ from randopt_verl.core import noise
 from randopt_verl.cpu.hf_engine import HFEngine, Sampling
 from randopt_verl.tools.export import EXPERT_RECORD, export_expert
 from randopt_verl.core.fingerprint import fingerprint_files, model_files
-from randopt_verl.core.population import Candidate, ParamFilter
+from randopt_verl.core.population import Candidate, Merged, ParamFilter
 
 EXPERTS = [
     {"rank": 1, "index": 7, "seed": 123456, "sigma": 0.02, "selection_score": 0.5, "selection_acc": 0.5},
@@ -176,11 +176,10 @@ def merged_run(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def merged_engine(tiny_model, merged_run):
-    from randopt_verl.core.merge import merged
 
     _, record = merged_run
     e = HFEngine(tiny_model, max_response_length=MAX_TOKENS, max_batch_size=8, threads=1)
-    e.hold(merged(record["models"][1]), ParamFilter(None, EXCLUDE))
+    e.hold(Merged.from_dict(record["models"][1]), ParamFilter(None, EXCLUDE))
     return e
 
 
@@ -216,12 +215,11 @@ def test_consolidated_checkpoint_equals_the_engines_weights_and_greedy_outputs(m
     assert len(rec["terms"]) == 3 and rec["members"] == record["members"]
 
     # bf16: the fp32 weights rounded once, which is what a bf16 hf engine holds for the same merged model
-    from randopt_verl.core.merge import merged
 
     out16 = export_consolidated(run, tmp_path / "merged16", dtype="bf16")
     m16 = AutoModelForCausalLM.from_pretrained(out16, dtype=torch.bfloat16)
     e16 = HFEngine(tiny_model, dtype=torch.bfloat16, max_response_length=MAX_TOKENS, max_batch_size=8, threads=1)
-    e16.hold(merged(record["models"][1]), ParamFilter(None, EXCLUDE))
+    e16.hold(Merged.from_dict(record["models"][1]), ParamFilter(None, EXCLUDE))
     want16 = e16.named_weights()
     for n, p in m16.named_parameters():
         assert p.dtype == torch.bfloat16 and torch.equal(p.detach(), want[n].to(torch.bfloat16)), n
