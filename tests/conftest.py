@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -64,3 +65,28 @@ def toy_data(tmp_path_factory) -> dict[str, str]:
     pd.DataFrame(rows[:32]).to_parquet(out / "train.parquet")
     pd.DataFrame(rows[32:]).to_parquet(out / "test.parquet")
     return {"train": str(out / "train.parquet"), "test": str(out / "test.parquet")}
+
+
+class TiedLM(torch.nn.Module):
+    """Embedding tied to the output head (like Qwen2.5-0.5B's ``lm_head.weight``), a norm and an integer buffer;
+    seeded weights."""
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.embed_tokens = torch.nn.Embedding(50, 8)
+        self.proj = torch.nn.Linear(8, 8)
+        self.norm = torch.nn.LayerNorm(8)
+        self.lm_head = torch.nn.Linear(8, 50, bias=False)
+        self.lm_head.weight = self.embed_tokens.weight
+        self.register_buffer("position_ids", torch.arange(8))
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        self.to(dtype)
+
+
+@pytest.fixture
+def tied_lm():
+    """``tied_lm(dtype)``: a tiny module with a tied weight (core/population and the worker's stream test it)."""
+    return TiedLM

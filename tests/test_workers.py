@@ -99,26 +99,8 @@ def test_stream_travels_in_the_rollout_dtype_rounded_once():
 
 
 
-class TinyLM(torch.nn.Module):
-    """Embedding tied to the output head (like Qwen2.5-0.5B's ``lm_head.weight``), a norm and an integer buffer."""
-
-    def __init__(self, dtype=torch.float32):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.embed_tokens = torch.nn.Embedding(50, 8)
-        self.proj = torch.nn.Linear(8, 8)
-        self.norm = torch.nn.LayerNorm(8)
-        self.lm_head = torch.nn.Linear(8, 50, bias=False)
-        self.lm_head.weight = self.embed_tokens.weight
-        self.register_buffer("position_ids", torch.arange(8))
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-        self.to(dtype)
-
-
-def test_stream_leaves_its_inputs_untouched_and_passes_unselected_tensors():
-    model = TinyLM()
+def test_stream_leaves_its_inputs_untouched_and_passes_unselected_tensors(tied_lm):
+    model = tied_lm(torch.float32)
     sd = model.state_dict()
     before = {k: v.clone() for k, v in sd.items()}
     aliases = tied_aliases(model)
@@ -132,8 +114,8 @@ def test_stream_leaves_its_inputs_untouched_and_passes_unselected_tensors():
     assert torch.equal(out["embed_tokens.weight"], perturbed(sd["embed_tokens.weight"], 99, "embed_tokens.weight", 1e-2))
 
 
-def test_alias_follows_its_canonical_names_filter_decision():
-    model = TinyLM()
+def test_alias_follows_its_canonical_names_filter_decision(tied_lm):
+    model = tied_lm(torch.float32)
     out = dict(W.perturbed_weight_stream(iter(model.state_dict().items()), Candidate(0, 5, 1e-2),
                                          ParamFilter(exclude=["lm_head"]), tied_aliases(model)))
     assert out["lm_head.weight"] is out["embed_tokens.weight"]  # excluding the alias's own name changes nothing
@@ -143,18 +125,18 @@ def test_alias_follows_its_canonical_names_filter_decision():
 @pytest.mark.parametrize("holder", [Candidate(4, 31337, 1e-3), Merged(0, ((31337, 1e-3), (7, -4e-4), (99, 2e-4)))],
                          ids=["candidate", "merged"])
 @pytest.mark.parametrize("rollout_dtype", [torch.float32, torch.bfloat16])
-def test_stream_path_equals_the_hf_servers_module_path(holder, rollout_dtype):
+def test_stream_path_equals_the_hf_servers_module_path(holder, rollout_dtype, tied_lm):
     """The two production ways of giving a replica a candidate build the same weights: the perturb-at-sync stream
     (SearchWorker wraps the FSDP engine's get_per_tensor_param: fp32 tensors under HF names, the tied alias
     included; perturbed_weight_stream casts them to the rollout dtype) and the hf server's in-place path
     (HFEngine.hold: perturb_module_ on a model in the rollout dtype from an fp32 pristine copy)."""
     pf = ParamFilter(exclude=[r"^proj\.bias$"])
-    actor = TinyLM(torch.float32)
+    actor = tied_lm(torch.float32)
     fsdp_stream = ((n, t.detach().clone()) for n, t in actor.state_dict().items())  # every name, a new tensor each
     travel = None if rollout_dtype == torch.float32 else rollout_dtype
     streamed = dict(W.perturbed_weight_stream(fsdp_stream, holder, pf, tied_aliases(actor), travel))
     # the hf server: fp32 pristine copy of the parameters (a tied weight once), the model in the rollout dtype
-    served = TinyLM(torch.float32)
+    served = tied_lm(torch.float32)
     pristine = {n: p.detach().clone() for n, p in served.named_parameters()}
     served.to(rollout_dtype)
     perturb_module_(served, Candidate(0, 1, 5e-2), pf, pristine)  # whatever was held before does not matter

@@ -19,24 +19,6 @@ from randopt_verl.core.population import (
 SIGMAS = [5e-4, 1e-3, 2e-3]
 
 
-class TinyLM(torch.nn.Module):
-    """Embedding tied to the output head, like Qwen2.5-0.5B's ``lm_head.weight``."""
-
-    def __init__(self, dtype=torch.bfloat16):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.embed_tokens = torch.nn.Embedding(50, 8)
-        self.proj = torch.nn.Linear(8, 8)
-        self.norm = torch.nn.LayerNorm(8)
-        self.lm_head = torch.nn.Linear(8, 50, bias=False)
-        self.lm_head.weight = self.embed_tokens.weight
-        self.register_buffer("position_ids", torch.arange(8))
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-        self.to(dtype)
-
-
 def pristine_copy(module, param_filter=None):
     """The pristine copy perturb_module_ rebuilds from, taken as HFEngine takes it: named_parameters() (a tied
     weight once, under its canonical name), detached and cloned; only the selected ones with a filter."""
@@ -88,8 +70,8 @@ def test_param_filter():
     assert not ParamFilter(exclude=["vision"]).selects("visual.vision_tower.x", w)
 
 
-def test_tied_aliases_from_module_and_state_dict():
-    m = TinyLM()
+def test_tied_aliases_from_module_and_state_dict(tied_lm):
+    m = tied_lm(torch.bfloat16)
     assert tied_aliases(m) == {"lm_head.weight": "embed_tokens.weight"}
     assert [n for n, _ in m.named_parameters()].count("lm_head.weight") == 0  # canonical is the survivor
     assert tied_aliases(m.state_dict().items()) == {"lm_head.weight": "embed_tokens.weight"}
@@ -97,8 +79,8 @@ def test_tied_aliases_from_module_and_state_dict():
     assert tied_aliases(untied.items()) == {}
 
 
-def test_module_perturb_and_exact_restore():
-    m = TinyLM()
+def test_module_perturb_and_exact_restore(tied_lm):
+    m = tied_lm(torch.bfloat16)
     pf = ParamFilter()
     pristine = pristine_copy(m, pf)
     assert "lm_head.weight" not in pristine  # deduplicated: the tied weight is held once
@@ -110,8 +92,8 @@ def test_module_perturb_and_exact_restore():
     assert m.lm_head.weight is m.embed_tokens.weight
 
 
-def test_module_perturb_requires_pristine_of_selected():
-    m = TinyLM()
+def test_module_perturb_requires_pristine_of_selected(tied_lm):
+    m = tied_lm(torch.bfloat16)
     pristine = pristine_copy(m, ParamFilter(include=["proj"]))
     with pytest.raises(KeyError):
         perturb_module_(m, Candidate(0, 1, 1e-3), ParamFilter(), pristine)
