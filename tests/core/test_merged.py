@@ -24,7 +24,7 @@ def test_terms_and_the_record_a_consolidated_model_is_read_from():
     assert c.terms() == ((42, 0.01),)
     m = Merged(7, TERMS)
     assert m.terms() == TERMS
-    # consolidated.json's model entry, as randopt_verl.trainers.consolidate writes it and tools/export reads it
+    # consolidated.json's model entry, as randopt_verl.core.merge plans it and tools/export reads it
     assert Merged.from_dict({"index": 7, "terms": [list(t) for t in TERMS], "scale": 1.0}) == m
     assert hash(m) == hash(Merged(7, TERMS))  # replicas compare what they hold: hashable and comparable
 
