@@ -13,7 +13,6 @@ cumulative cost, which is where a resumed run picks its cost counters back up).
 
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 from verl.trainer.ppo.v1.trainer_base import register_trainer
@@ -28,16 +27,15 @@ from randopt_verl.core.population import Candidate
 from randopt_verl.core.rundir import RunDir
 from randopt_verl.trainers.harness import PromptSet, SearchTrainer, greedy
 
-logger = logging.getLogger(__name__)
-
 
 @register_trainer("es")
 class ESTrainer(SearchTrainer):
+    """ES at scale: each iteration's N scored perturbations move theta by their z-scored sum (module docstring)."""
+
     node = "es"
     settings: schema.ESConfig
 
-    def fit(self, agent_loop_manager=None):
-        self.read_settings()
+    def search(self) -> None:
         es = self.settings
         iterations = self.config.trainer.total_training_steps
         selection, test = self.selection_and_test()

@@ -2,7 +2,8 @@
 
 `SearchTrainer` is a verl V1 `PPOTrainer` whose `_setup` is verl's own (tokenizer, datasets, worker groups,
 rollout replicas, checkpoint engine, reward loop); it changes one thing there, the actor worker class
-(`SearchWorker`, for perturb-at-sync and the ES update), and replaces `fit` in the subclasses.
+(`SearchWorker`, for perturb-at-sync and the ES update), and replaces verl's `fit`: it reads the settings and runs
+the subclass's `search`.
 
 Every phase of RandOpt and ES (search, test answers, base self-consistency samples, ES members, ES validation)
 goes through one primitive, `evaluate({replica: candidate}, prompts, sampling)`: the replicas take their candidates
@@ -153,6 +154,15 @@ class SearchTrainer(PPOTrainer):
         tests do that) is read whole and anew."""
         self.settings = schema.typed(self.config, self.node)
         self.param_filter: ParamFilter = self.settings.param_filter.build()
+
+    def fit(self, agent_loop_manager=None):
+        """verl's entry to the training loop (the agent loop manager is GRPO's; these trainers drive the replicas
+        themselves): the settings read anew, then the subclass's `search`."""
+        self.read_settings()
+        self.search()
+
+    def search(self) -> None:  # the loop that replaces verl's update loop: randopt.py, es.py
+        raise NotImplementedError
 
     # -- verl hooks -----------------------------------------------------------------------------------------
     def _init_resource_pool_mgr(self):

@@ -1,6 +1,7 @@
 """`trainer=randopt`: RandOpt as a verl V1 trainer (registered as trainer.v1.trainer_mode=randopt).
 
-verl builds everything (`SearchTrainer._setup` is verl's own); `fit` below replaces only the update loop:
+verl builds everything (`SearchTrainer._setup` is verl's own); `search` below (run by `SearchTrainer.fit`) replaces
+only the update loop:
 population -> chunks of R candidates (R = rollout replicas) -> `evaluate` (replicas load them, greedy generation on
 the selection set, verl's reward loop) -> ledger (or, with randopt.selection.strategy=halving, a race over blocks of
 the selection set whose survivors reach the ledger: core/halving.py) -> top-K -> test answers of base, experts and
@@ -17,7 +18,6 @@ randopt_verl.core.ledger) before it counts; a restarted run skips it.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable, Mapping, Optional
 
 from verl.trainer.ppo.v1.trainer_base import register_trainer
@@ -33,16 +33,16 @@ from randopt_verl.core.results_schema import SCHEMA_VERSION
 from randopt_verl.core.rundir import RunDir
 from randopt_verl.trainers.harness import PromptSet, Sampling, SearchTrainer, greedy, sampled
 
-logger = logging.getLogger(__name__)
-
 
 @register_trainer("randopt")
 class RandOptTrainer(SearchTrainer):
+    """RandOpt: N seeded perturbations scored once on the selection set, the top K kept, and each test prompt
+    answered by their majority vote beside its controls (the phases: module docstring)."""
+
     node = "randopt"
     settings: schema.RandOptConfig
 
-    def fit(self, agent_loop_manager=None):
-        self.read_settings()
+    def search(self) -> None:
         ro = self.settings
         ks = sorted(set(ro.ensemble_ks))
 
