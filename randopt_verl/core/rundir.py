@@ -102,6 +102,16 @@ CONSOLE_LOG = "console.log"  # console.quiet=true
 PROGRESS = "progress.jsonl"  # console.quiet=true
 
 
+class _File:
+    """A run-directory file as a read-only attribute of RunDir: its path under that run's directory."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, run: "RunDir | None", owner: type | None = None):
+        return self if run is None else run.path / self.name  # on the class: the descriptor (its .name)
+
+
 class RunDir:
     """A run directory: its file names, and (through `RunDir.open`) its identity. See the module docstring.
 
@@ -119,34 +129,17 @@ class RunDir:
         self.consolidation_ledger = Ledger(self.path / CONSOLIDATION_LEDGER)
         self.consolidation_test_ledger = Ledger(self.path / CONSOLIDATION_TEST_LEDGER)
 
-    # -- file names
-    @property
-    def manifest_path(self) -> Path:
-        return self.path / MANIFEST
-
-    @property
-    def topk_path(self) -> Path:
-        return self.path / TOPK
-
-    @property
-    def results_path(self) -> Path:
-        return self.path / RESULTS
-
-    @property
-    def consolidated_path(self) -> Path:
-        return self.path / CONSOLIDATED
-
-    @property
-    def config_path(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / METRICS
-
-    @property
-    def es_iterations_path(self) -> Path:
-        return self.path / ES_ITERATIONS
+    # -- file names: each a path under the run directory (`run.results_path` is `run.path / RESULTS`)
+    manifest_path = _File(MANIFEST)
+    topk_path = _File(TOPK)
+    results_path = _File(RESULTS)
+    consolidated_path = _File(CONSOLIDATED)
+    config_path = _File(CONFIG)
+    metrics_path = _File(METRICS)
+    es_iterations_path = _File(ES_ITERATIONS)
+    accuracy_vs_n_plot_path = _File(ACCURACY_VS_N_PNG)
+    console_log_path = _File(CONSOLE_LOG)
+    progress_path = _File(PROGRESS)
 
     def checkpoint_cost_path(self, step: int) -> Path:
         """cost.json in verl's checkpoint folder of ``step`` (verl names it global_step_N)."""
@@ -155,18 +148,6 @@ class RunDir:
     @property
     def plot_paths(self) -> tuple[Path, Path]:
         return self.path / DENSITY_PNG, self.path / MAJ_AT_K_PNG
-
-    @property
-    def accuracy_vs_n_plot_path(self) -> Path:
-        return self.path / ACCURACY_VS_N_PNG
-
-    @property
-    def console_log_path(self) -> Path:
-        return self.path / CONSOLE_LOG
-
-    @property
-    def progress_path(self) -> Path:
-        return self.path / PROGRESS
 
     @property
     def n_candidates(self) -> int | None:
