@@ -98,7 +98,6 @@ def test_stream_travels_in_the_rollout_dtype_rounded_once():
             assert got["lm_head.weight"] is got["embed_tokens.weight"]
 
 
-
 def test_stream_leaves_its_inputs_untouched_and_passes_unselected_tensors(tied_lm):
     model = tied_lm(torch.float32)
     sd = model.state_dict()

@@ -45,8 +45,6 @@ VARIANTS = ("weighted", "shuffled")
 PERMUTATION_KEY = 0xC0
 
 
-
-
 def weights(rewards: Sequence[float]) -> np.ndarray:
     """Unit-length z-scores of the rewards (see the module docstring); all zeros when the rewards are all equal."""
     z = zscore(rewards)

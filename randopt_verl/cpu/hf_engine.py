@@ -33,7 +33,6 @@ import torch
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class HFOptions:
     """`actor_rollout_ref.rollout.engine_kwargs.hf.*`, the `hf` backend's own settings: one definition and one

@@ -27,7 +27,6 @@ from randopt_verl.cpu.hf_engine import Batcher, HFEngine, HFOptions, Sampling, r
 logger = logging.getLogger(__name__)
 
 
-
 def server_name(replica_rank: int) -> str:
     return f"randopt_verl_hf_server_{replica_rank}"
 

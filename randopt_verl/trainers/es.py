@@ -13,7 +13,6 @@ cumulative cost, which is where a resumed run picks its cost counters back up).
 
 from __future__ import annotations
 
-
 import numpy as np
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 

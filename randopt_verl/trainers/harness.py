@@ -161,8 +161,10 @@ class SearchTrainer(PPOTrainer):
         self.read_settings()
         self.search()
 
-    def search(self) -> None:  # the loop that replaces verl's update loop: randopt.py, es.py
-        raise NotImplementedError
+    def search(self) -> None:
+        """The loop that replaces verl's update loop: RandOptTrainer.search, ESTrainer.search. (Not abstract: the
+        harness tests make a SearchTrainer that only evaluates.)"""
+        raise NotImplementedError(f"{type(self).__name__} has no search loop: subclass it as trainers/randopt.py does")
 
     # -- verl hooks -----------------------------------------------------------------------------------------
     def _init_resource_pool_mgr(self):

@@ -11,7 +11,6 @@ import torch
 from omegaconf import OmegaConf
 
 from randopt_verl.core.es_update import es_update_
-from randopt_verl.core.population import ParamFilter
 from randopt_verl.core.jsonio import read_jsonl
 from randopt_verl.core.manifest import ManifestMismatch
 from randopt_verl.core.rundir import RunDir

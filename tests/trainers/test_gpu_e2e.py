@@ -22,7 +22,6 @@ from randopt_verl.inprocess import compose, trainer_session
 VARIED_REWARD = str(Path(__file__).resolve().parents[1] / "fixtures" / "varied_reward.py")
 
 
-
 def gpu(test):
     """gpu marker, skipped cleanly without a CUDA GPU or vLLM."""
     test = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vLLM (pip install -e '.[gpu]')")(test)
